@@ -1,0 +1,26 @@
+//! The gRPC services, one file each. They check requests, call the member,
+//! and map results and errors to etcd's wire form; they hold no state of
+//! their own.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
+
+use tonic::{Request, Status};
+
+use crate::error::Error;
+use crate::server::Member;
+
+/// etcd's `hasleader` guard: a call that carries the metadata
+/// `hasleader: true` fails at once when this member knows no leader.
+pub fn check_leader<T>(member: &Member, req: &Request<T>) -> Result<(), Status> {
+    let wants = req
+        .metadata()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true");
+    if wants && !member.has_leader() {
+        return Err(Error::NoLeader.status());
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Consensus: raft-rs driven over a RocksDB log.
+
+pub mod log_store;
+pub mod node;
+
+pub use node::{Command, NodeConfig, RaftHandle, RaftStatus};

@@ -1,0 +1,15 @@
+//! cairn: an etcd-compatible key-value server. See ARCHITECTURE.md for the
+//! map; the modules follow the write path from top to bottom.
+
+pub mod api;
+pub mod apply;
+pub mod config;
+pub mod consensus;
+pub mod error;
+pub mod ids;
+pub mod kv;
+pub mod mvcc;
+pub mod pb;
+pub mod server;
+pub mod storage;
+pub mod version;

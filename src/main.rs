@@ -1,0 +1,107 @@
+//! `cairn`: etcd's command line in front of a cairn member.
+
+use std::io::IsTerminal;
+
+use cairn::config::{ClusterState, Config, LogFormat};
+use cairn::server::boot::{self, BootSettings};
+use cairn::server::identity::InitialMember;
+
+fn main() {
+    let cfg = Config::from_env_and_args().unwrap_or_else(|e| e.exit());
+    init_logging(&cfg);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    // etcd checks the initial-cluster flags only when the data dir is new;
+    // a member that has data ignores them.
+    let new_data_dir = !cfg.data_dir.join("member").exists();
+    if new_data_dir {
+        let checked = match cfg.initial_cluster_state {
+            ClusterState::New => cfg.verify_bootstrap(),
+            ClusterState::Existing => Err(cairn::config::ConfigError::Unsupported(
+                "cairn: --initial-cluster-state=existing (joining a running cluster) is not \
+                 supported yet"
+                    .into(),
+            )),
+        };
+        if let Err(e) = checked {
+            tracing::error!("{e}");
+            e.exit();
+        }
+    }
+    let settings = BootSettings {
+        name: cfg.name.clone(),
+        data_dir: cfg.data_dir.clone(),
+        listen_client: cfg
+            .listen_client_urls
+            .iter()
+            .map(|u| (u.host().to_string(), u.port()))
+            .collect(),
+        advertise_client_urls: cfg
+            .advertise_client_urls
+            .iter()
+            .map(|u| u.as_str().to_string())
+            .collect(),
+        initial_cluster: cfg
+            .initial_cluster
+            .iter()
+            .map(|(name, urls)| InitialMember {
+                name: name.clone(),
+                peer_urls: urls.iter().map(|u| u.as_str().to_string()).collect(),
+            })
+            .collect(),
+        initial_cluster_token: cfg.initial_cluster_token.clone(),
+        snapshot_count: cfg.snapshot_count,
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops as usize,
+        heartbeat: cfg.heartbeat_interval,
+        election_timeout: cfg.election_timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(boot::run(settings, stop_signal())) {
+        tracing::error!(error = %format!("{e:#}"), "member failed");
+        std::process::exit(1);
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// etcd logs JSON (zap) by default; we do the same, and plain text when
+/// asked or when stderr is a terminal and nothing was asked.
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log_level.tracing_directive()));
+    let json = match cfg.log_format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Console) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,136 @@
+//! Starting a member: open the data dir, find out who we are, start raft,
+//! wait until the store has caught up, then serve clients until told to
+//! stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::identity::{Identity, InitialMember};
+use super::{Member, MemberSettings};
+use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
+use crate::apply::Applier;
+use crate::consensus::{log_store::LogStore, node, NodeConfig};
+use crate::ids::format_id;
+use crate::mvcc::MvccStore;
+use crate::pb::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use crate::storage::Storage;
+
+/// What a member needs to start; built from the command line by `main`.
+pub struct BootSettings {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// host:port pairs to listen on for clients (plain HTTP/2).
+    pub listen_client: Vec<(String, u16)>,
+    pub advertise_client_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_token: String,
+    pub snapshot_count: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+}
+
+/// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so
+/// that a request just over the limit gets etcd's own "request is too
+/// large" rather than a transport error.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Runs a member until `shutdown` completes.
+pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let storage = Storage::open(&s.data_dir.join("member"))?;
+    let identity = Identity::load_or_create(
+        &storage,
+        &s.name,
+        &s.initial_cluster,
+        &s.initial_cluster_token,
+        &s.advertise_client_urls,
+    )?;
+    tracing::info!(
+        name = %s.name,
+        data_dir = %s.data_dir.display(),
+        member_id = %format_id(identity.member_id),
+        cluster_id = %format_id(identity.cluster_id),
+        new = identity.new,
+        "starting member"
+    );
+    let store = MvccStore::open(storage.clone())?;
+    let applier = Applier::open(storage.clone(), store.clone())?;
+    let log = LogStore::open(storage.clone())?;
+    let election_ticks =
+        (s.election_timeout.as_millis() / s.heartbeat.as_millis().max(1)).max(2) as usize;
+    let raft = node::start(
+        NodeConfig {
+            id: identity.member_id,
+            initial_voters: identity.members.iter().map(|m| m.id).collect(),
+            tick: s.heartbeat,
+            election_ticks,
+            snapshot_count: s.snapshot_count.max(1),
+        },
+        log,
+        applier,
+    )?;
+    raft.wait_ready().await;
+    let member = Arc::new(Member::new(
+        MemberSettings {
+            id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            members: identity.members,
+            max_request_bytes: s.max_request_bytes,
+            max_txn_ops: s.max_txn_ops,
+            election_timeout: s.election_timeout,
+        },
+        raft,
+        store,
+        storage,
+    ));
+
+    let mut listeners = Vec::new();
+    for (host, port) in &s.listen_client {
+        let l = TcpListener::bind((host.as_str(), *port))
+            .await
+            .map_err(|e| anyhow::anyhow!("listen on {host}:{port}: {e}"))?;
+        listeners.push(l);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for l in listeners {
+        let addr: SocketAddr = l.local_addr()?;
+        let max_recv = s.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let kv = KvServer::new(KvService::new(member.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
+        let cluster = ClusterServer::new(ClusterService::new(member.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
+        let maintenance = MaintenanceServer::new(MaintenanceService::new(member.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
+        let mut stop = stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(kv)
+            .add_service(cluster)
+            .add_service(maintenance)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        tracing::info!(address = %addr, "serving client traffic insecurely");
+        servers.push(tokio::spawn(server));
+    }
+    tracing::info!("ready to serve client requests");
+    shutdown.await;
+    tracing::info!("received stop signal; shutting down");
+    let _ = stop_tx.send(true);
+    for s in servers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
+    Ok(())
+}

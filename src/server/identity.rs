@@ -1,0 +1,123 @@
+//! Who this member and its cluster are: decided once, when the data dir is
+//! new, from `--initial-cluster` and the token, and read back from the data
+//! dir on every later start (as etcd does, the flags are then ignored).
+
+use prost::Message;
+
+use super::MemberInfo;
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::pb::etcdserverpb::Member as PbMember;
+use crate::storage::{Storage, CF_META};
+
+const META_IDENTITY: &[u8] = b"identity";
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredIdentity {
+    #[prost(uint64, tag = "1")]
+    member_id: u64,
+    #[prost(uint64, tag = "2")]
+    cluster_id: u64,
+    #[prost(message, repeated, tag = "3")]
+    members: Vec<PbMember>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub members: Vec<MemberInfo>,
+    /// True when this start created the data dir.
+    pub new: bool,
+}
+
+/// One member of `--initial-cluster`.
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl Identity {
+    /// Reads the identity from the data dir, or derives a new one the way
+    /// etcd does and stores it durably.
+    pub fn load_or_create(
+        storage: &Storage,
+        name: &str,
+        initial_cluster: &[InitialMember],
+        token: &str,
+        client_urls: &[String],
+    ) -> Result<Identity> {
+        let meta = storage.cf(CF_META);
+        if let Some(raw) = storage.db().get_cf(meta, META_IDENTITY)? {
+            let s = StoredIdentity::decode(raw.as_slice()).map_err(Error::internal)?;
+            return Ok(Identity {
+                member_id: s.member_id,
+                cluster_id: s.cluster_id,
+                members: s.members.into_iter().map(from_pb).collect(),
+                new: false,
+            });
+        }
+        let mut members: Vec<MemberInfo> = initial_cluster
+            .iter()
+            .map(|m| MemberInfo {
+                id: ids::member_id(&m.peer_urls, token),
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                // Other members' client URLs are learnt when they publish
+                // them; ours we know.
+                client_urls: if m.name == name {
+                    client_urls.to_vec()
+                } else {
+                    Vec::new()
+                },
+                is_learner: false,
+            })
+            .collect();
+        members.sort_by_key(|m| m.id);
+        let me = members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "couldn't find local name {name:?} in the initial cluster configuration"
+                ))
+            })?
+            .id;
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let identity = Identity {
+            member_id: me,
+            cluster_id: ids::cluster_id(&ids),
+            members,
+            new: true,
+        };
+        let stored = StoredIdentity {
+            member_id: identity.member_id,
+            cluster_id: identity.cluster_id,
+            members: identity.members.iter().map(to_pb).collect(),
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(meta, META_IDENTITY, stored.encode_to_vec());
+        storage.write(batch, true)?;
+        Ok(identity)
+    }
+}
+
+fn to_pb(m: &MemberInfo) -> PbMember {
+    PbMember {
+        id: m.id,
+        name: m.name.clone(),
+        peer_ur_ls: m.peer_urls.clone(),
+        client_ur_ls: m.client_urls.clone(),
+        is_learner: m.is_learner,
+    }
+}
+
+fn from_pb(m: PbMember) -> MemberInfo {
+    MemberInfo {
+        id: m.id,
+        name: m.name,
+        peer_urls: m.peer_ur_ls,
+        client_urls: m.client_ur_ls,
+        is_learner: m.is_learner,
+    }
+}

@@ -1,0 +1,135 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::oneshot;
+
+use crate::apply::{Op, Request, Response};
+use crate::consensus::{Command, RaftHandle};
+use crate::error::{Error, Result};
+use crate::mvcc::MvccStore;
+use crate::pb::etcdserverpb::ResponseHeader;
+use crate::storage::Storage;
+
+/// A member of the cluster as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+pub struct Member {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub members: Vec<MemberInfo>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    raft: RaftHandle,
+    store: Arc<MvccStore>,
+    storage: Storage,
+    next_request: AtomicU64,
+    request_timeout: Duration,
+}
+
+/// Settings a member is built with.
+pub struct MemberSettings {
+    pub id: u64,
+    pub cluster_id: u64,
+    pub members: Vec<MemberInfo>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub election_timeout: Duration,
+}
+
+impl Member {
+    pub fn new(
+        settings: MemberSettings,
+        raft: RaftHandle,
+        store: Arc<MvccStore>,
+        storage: Storage,
+    ) -> Member {
+        // Request numbers only need to be unique among this member's
+        // proposals that may still be applied: starting from the clock keeps
+        // them apart from a previous run's.
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_millis() as u64) << 20)
+            .unwrap_or(1);
+        Member {
+            id: settings.id,
+            cluster_id: settings.cluster_id,
+            members: settings.members,
+            max_request_bytes: settings.max_request_bytes,
+            max_txn_ops: settings.max_txn_ops,
+            raft,
+            store,
+            storage,
+            next_request: AtomicU64::new(start),
+            // etcd's: 5 s plus two election timeouts.
+            request_timeout: Duration::from_secs(5) + 2 * settings.election_timeout,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<MvccStore> {
+        &self.store
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    pub fn has_leader(&self) -> bool {
+        self.raft.status.leader.load(Ordering::SeqCst) != 0
+    }
+
+    /// A response header as etcd fills it.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.status.term.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Replicates a write and waits until this member has applied it.
+    pub async fn propose(&self, op: Op) -> Result<Response> {
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let data = Request {
+            id,
+            member: self.id,
+            op: Some(op),
+        }
+        .encode_to_vec();
+        if data.len() > self.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        let (done, rx) = oneshot::channel();
+        self.raft.send(Command::Propose { id, data, done })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Returns once a read on this member would see every write committed
+    /// before the call (raft's ReadIndex, shared with concurrent reads).
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (done, rx) = oneshot::channel();
+        self.raft.send(Command::ReadIndex { done })?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+}

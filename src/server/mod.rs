@@ -1,0 +1,10 @@
+//! The member: what the API layer talks to. It turns client writes into
+//! raft proposals and waits for them to be applied, makes linearizable
+//! reads wait for a ReadIndex round, and knows who it and its cluster are.
+
+mod member;
+
+pub use member::{Member, MemberInfo, MemberSettings};
+
+pub mod boot;
+pub mod identity;
