@@ -15,11 +15,11 @@
 //! * etcd's defaults, and etcd's error texts where an operator may search for
 //!   them.
 //!
-//! Every flag etcd 3.4–3.6 knows is listed once in [`FLAGS`], together with
+//! Every flag etcd 3.4–3.6 knows is listed once in `FLAGS`, together with
 //! what cairn does with it: implemented, accepted with a warning when ignoring
 //! it is harmless, or refused when ignoring it would weaken security or put
 //! data somewhere else than asked. Implementing a flag later means moving its
-//! row and reading it in [`Config::build`].
+//! row and reading it in `Config::build`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -33,12 +33,7 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ColorChoice, Command};
 use url::Url;
 
-/// The etcd version cairn implements, reported by `Status.version` and
-/// `/version`. kube-apiserver turns off features below 3.5.13.
-pub const ETCD_API_VERSION: &str = "3.5.21";
-
-/// cairn's own version.
-pub const CAIRN_VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::version::{CAIRN_VERSION, ETCD_API_VERSION, GIT_SHA};
 
 const DEFAULT_NAME: &str = "default";
 
@@ -512,7 +507,7 @@ impl ConfigError {
 /// over and what `MemberList` reports, where kubeadm compares it byte for
 /// byte. A `url::Url` would serialise `http://10.0.0.1:2380/` and lower-case
 /// host names, so it is only offered, by [`EtcdUrl::url`], for dialling.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EtcdUrl {
     text: String,
     url: Url,
@@ -593,6 +588,14 @@ impl EtcdUrl {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+}
+
+// The text says it all; the parsed Url would triple the size of every
+// `{config:?}` in the logs.
+impl fmt::Debug for EtcdUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("EtcdUrl").field(&self.text).finish()
     }
 }
 
@@ -839,7 +842,7 @@ impl Config {
         format!(
             "cairn Version: {CAIRN_VERSION}\netcd API Version: {ETCD_API_VERSION}\n\
              Git SHA: {}\nOS/Arch: {}/{}\n",
-            option_env!("CAIRN_GIT_SHA").unwrap_or("Not provided"),
+            GIT_SHA.unwrap_or("Not provided"),
             std::env::consts::OS,
             std::env::consts::ARCH,
         )
@@ -967,7 +970,10 @@ impl Config {
                 )))
             }
         }
-        let log_outputs = settings.get("log-outputs", parse_strings)?;
+        let mut log_outputs = settings.get("log-outputs", parse_strings)?;
+        if log_outputs.is_empty() {
+            log_outputs.push("default".to_string());
+        }
         if log_outputs.len() > 1 && log_outputs.iter().any(|o| o == "default") {
             return Err(ConfigError::Invalid(
                 "multi logoutput for \"default\" is not supported yet".into(),
@@ -976,12 +982,11 @@ impl Config {
         let log_level = settings.get("log-level", LogLevel::parse)?;
         let log_format = settings.get("log-format", parse_log_format)?;
 
-        let listen_peer_urls = settings.get("listen-peer-urls", parse_urls)?;
-        let listen_client_urls = settings.get("listen-client-urls", parse_urls)?;
-        let listen_metrics_urls = settings.get("listen-metrics-urls", parse_urls)?;
-        let initial_advertise_peer_urls =
-            settings.get("initial-advertise-peer-urls", parse_urls)?;
-        let advertise_client_urls = settings.get("advertise-client-urls", parse_urls)?;
+        let listen_peer_urls = settings.get_urls("listen-peer-urls")?;
+        let listen_client_urls = settings.get_urls("listen-client-urls")?;
+        let listen_metrics_urls = settings.get_urls("listen-metrics-urls")?;
+        let initial_advertise_peer_urls = settings.get_urls("initial-advertise-peer-urls")?;
+        let advertise_client_urls = settings.get_urls("advertise-client-urls")?;
         for (flag, urls) in [
             ("listen-peer-urls", &listen_peer_urls),
             ("listen-client-urls", &listen_client_urls),
@@ -1151,6 +1156,16 @@ impl Settings {
         }
     }
 
+    /// A URL list. Given an empty value, etcd keeps the default list.
+    fn get_urls(&self, name: &str) -> Result<Vec<EtcdUrl>, ConfigError> {
+        if self.raw(name).is_empty() {
+            let default = spec(name).default;
+            return Ok(parse_urls(default)
+                .unwrap_or_else(|e| panic!("default of --{name} does not parse: {e}")));
+        }
+        self.get(name, parse_urls)
+    }
+
     /// Adds the `ETCD_*` variables, with etcd's rules: empty ones are ignored,
     /// one that duplicates a command-line flag is an error.
     fn apply_env<E, K, V>(&mut self, env: E, warnings: &mut Vec<String>) -> Result<(), ConfigError>
@@ -1306,7 +1321,14 @@ fn command() -> Command {
             .hide(spec.support != Support::Implemented)
             .help(spec.help);
         arg = if spec.kind.takes_separate_value() {
-            arg.num_args(1).value_name("value")
+            let value_name = match spec.kind {
+                Kind::Urls => "urls",
+                Kind::Strings => "list",
+                Kind::Uint | Kind::Int => "n",
+                Kind::Duration => "duration",
+                _ => "value",
+            };
+            arg.num_args(1).value_name(value_name)
         } else {
             arg.num_args(0..=1)
                 .require_equals(true)
@@ -1996,6 +2018,17 @@ mod tests {
             urls(&config.advertise_client_urls),
             ["http://a:1", "http://b:1"]
         );
+    }
+
+    #[test]
+    fn an_empty_url_list_keeps_the_default() {
+        let config = parse(&["--advertise-client-urls=", "--listen-metrics-urls="]).unwrap();
+        assert_eq!(
+            urls(&config.advertise_client_urls),
+            ["http://localhost:2379"]
+        );
+        assert!(config.listen_metrics_urls.is_empty());
+        assert_eq!(parse(&["--log-outputs="]).unwrap().log_outputs, ["default"]);
     }
 
     #[test]

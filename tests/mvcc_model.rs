@@ -56,7 +56,10 @@ impl Model {
         self.history
             .keys()
             .filter(|k| cairn::mvcc::in_range(k, key, end))
-            .filter_map(|k| self.at(k, rev).map(|l| (k.clone(), self.mod_rev(k, rev), l)))
+            .filter_map(|k| {
+                self.at(k, rev)
+                    .map(|l| (k.clone(), self.mod_rev(k, rev), l))
+            })
             .collect()
     }
 }
@@ -158,8 +161,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 m.history.entry(k).or_default().push((m.rev, Some(live)));
             }
             Op::Delete(k, e) => {
-                let doomed: Vec<Vec<u8>> =
-                    m.live_in(&k, &e, m.rev).into_iter().map(|(k, _, _)| k).collect();
+                let doomed: Vec<Vec<u8>> = m
+                    .live_in(&k, &e, m.rev)
+                    .into_iter()
+                    .map(|(k, _, _)| k)
+                    .collect();
                 let mut w = h.store.write();
                 let deleted = w.delete_range(&k, &e).unwrap();
                 let got: Vec<Vec<u8>> = deleted.iter().map(|kv| kv.key.clone()).collect();
@@ -192,8 +198,16 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(out.rev, m.rev);
                     h.commit(out);
                     let live = match m.at(&k, m.rev - 1) {
-                        Some(l) => Live { value: b"cas".to_vec(), create: l.create, version: l.version + 1 },
-                        None => Live { value: b"cas".to_vec(), create: m.rev, version: 1 },
+                        Some(l) => Live {
+                            value: b"cas".to_vec(),
+                            create: l.create,
+                            version: l.version + 1,
+                        },
+                        None => Live {
+                            value: b"cas".to_vec(),
+                            create: m.rev,
+                            version: 1,
+                        },
                     };
                     m.history.entry(k).or_default().push((m.rev, Some(live)));
                 } else {
@@ -247,7 +261,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let want = m.live_in(&k, &e, at);
                 prop_assert_eq!(got.count, want.len() as i64);
                 prop_assert_eq!(got.rev, m.rev);
-                let n = if limit == 0 { want.len() } else { limit.min(want.len()) };
+                let n = if limit == 0 {
+                    want.len()
+                } else {
+                    limit.min(want.len())
+                };
                 prop_assert_eq!(got.kvs.len(), n);
                 for (kv, (wk, wmod, wl)) in got.kvs.iter().zip(want) {
                     prop_assert_eq!(&kv.key, &wk);

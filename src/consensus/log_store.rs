@@ -74,15 +74,27 @@ impl LogStore {
     /// a new cluster starts from the same state, and the first election
     /// makes term 2, as in etcd.
     pub fn bootstrap(&mut self, voters: &[u64]) -> Result<()> {
-        let mut cs = ConfState::default();
-        cs.voters = voters.to_vec();
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.commit = 1;
+        let cs = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
+        let hs = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
         let mut batch = WriteBatch::default();
         let state = self.storage.cf(CF_RAFT_STATE);
-        batch.put_cf(state, CONF_STATE, cs.write_to_bytes().map_err(Error::internal)?);
-        batch.put_cf(state, HARD_STATE, hs.write_to_bytes().map_err(Error::internal)?);
+        batch.put_cf(
+            state,
+            CONF_STATE,
+            cs.write_to_bytes().map_err(Error::internal)?,
+        );
+        batch.put_cf(
+            state,
+            HARD_STATE,
+            hs.write_to_bytes().map_err(Error::internal)?,
+        );
         batch.put_cf(state, TRUNCATED, pair(1, 1));
         self.storage.write(batch, true)?;
         self.conf_state = cs;
@@ -189,7 +201,9 @@ impl LogStore {
         if index <= self.truncated_index || index > self.last_index() {
             return Ok(());
         }
-        let term = self.term_of(index).ok_or_else(|| Error::Internal("term missing".into()))?;
+        let term = self
+            .term_of(index)
+            .ok_or_else(|| Error::Internal("term missing".into()))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             self.storage.cf(CF_RAFT_LOG),

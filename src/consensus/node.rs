@@ -79,8 +79,13 @@ impl RaftHandle {
     }
 }
 
-/// Starts the raft thread.
-pub fn start(cfg: NodeConfig, mut log: LogStore, applier: Applier) -> Result<RaftHandle> {
+/// Starts the raft thread. It runs until every [`RaftHandle`] is dropped;
+/// join the returned thread to know it has let go of the database.
+pub fn start(
+    cfg: NodeConfig,
+    mut log: LogStore,
+    applier: Applier,
+) -> Result<(RaftHandle, std::thread::JoinHandle<()>)> {
     if !log.is_initialized() {
         log.bootstrap(&cfg.initial_voters)?;
     }
@@ -119,7 +124,7 @@ pub fn start(cfg: NodeConfig, mut log: LogStore, applier: Applier) -> Result<Raf
         reads_waiting_apply: Vec::new(),
         next_read_ctx: 1,
     };
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
             if let Err(e) = driver.run(rx) {
@@ -131,11 +136,12 @@ pub fn start(cfg: NodeConfig, mut log: LogStore, applier: Applier) -> Result<Raf
             }
         })
         .map_err(Error::internal)?;
-    Ok(RaftHandle {
+    let handle = RaftHandle {
         tx,
         status,
         ready: ready_rx,
-    })
+    };
+    Ok((handle, thread))
 }
 
 struct Driver {

@@ -68,30 +68,18 @@ fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
     if order == SortOrder::None || (order == SortOrder::Ascend && target == SortTarget::Key) {
         return;
     }
-    // Stable sorts keep ties in key order, as etcd's (insertion-sorted for
-    // small inputs) results do.
-    match target {
-        SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-        SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-        SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-        SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-        SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-    }
-    if order == SortOrder::Descend {
-        reverse_stable(kvs, target);
-    }
-}
-
-/// Descending order with ties still in ascending key order.
-fn reverse_stable(kvs: &mut [KeyValue], target: SortTarget) {
-    let key = |kv: &KeyValue| -> (i64, Vec<u8>) {
-        match target {
-            SortTarget::Key => (0, kv.key.clone()),
-            SortTarget::Version => (kv.version, Vec::new()),
-            SortTarget::Create => (kv.create_revision, Vec::new()),
-            SortTarget::Mod => (kv.mod_revision, Vec::new()),
-            SortTarget::Value => (0, kv.value.clone()),
-        }
+    let by = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
     };
-    kvs.sort_by(|a, b| key(b).cmp(&key(a)));
+    // Stable sorts keep ties in key order either way, as etcd's results
+    // (insertion-sorted for small inputs) do.
+    if order == SortOrder::Descend {
+        kvs.sort_by(|a, b| by(b, a));
+    } else {
+        kvs.sort_by(by);
+    }
 }

@@ -88,7 +88,10 @@ impl Drop for MvccStore {
     fn drop(&mut self) {
         // Stop the compactor and wait for it, so the database it holds is
         // closed before the process goes on to exit.
-        self.compactor.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.compactor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(t) = self
             .compactor_thread
             .lock()
@@ -413,8 +416,11 @@ impl WriteTxn<'_> {
             count_only: false,
         };
         let base = range_in(&self.store.storage, &self.snap, key, end, self.base, &all)?;
-        let mut merged: BTreeMap<Vec<u8>, KeyValue> =
-            base.kvs.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = base
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
         for (k, (_, e, kv)) in &self.overlay {
             if in_range(k, key, end) {
                 if e.tombstone {
@@ -432,7 +438,11 @@ impl WriteTxn<'_> {
         let kvs = if opts.count_only {
             Vec::new()
         } else {
-            let n = if opts.limit == 0 { merged.len() } else { opts.limit };
+            let n = if opts.limit == 0 {
+                merged.len()
+            } else {
+                opts.limit
+            };
             merged.into_values().take(n).collect()
         };
         Ok(RangeResult {
@@ -521,11 +531,8 @@ impl WriteTxn<'_> {
     pub fn finish(mut self) -> WriteOutcome {
         let rev = self.rev();
         if !self.events.is_empty() {
-            self.batch.put_cf(
-                self.store.storage.cf(CF_META),
-                META_REV,
-                rev.to_be_bytes(),
-            );
+            self.batch
+                .put_cf(self.store.storage.cf(CF_META), META_REV, rev.to_be_bytes());
         }
         WriteOutcome {
             batch: self.batch,

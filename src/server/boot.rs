@@ -67,7 +67,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let log = LogStore::open(storage.clone())?;
     let election_ticks =
         (s.election_timeout.as_millis() / s.heartbeat.as_millis().max(1)).max(2) as usize;
-    let raft = node::start(
+    let (raft, raft_thread) = node::start(
         NodeConfig {
             id: identity.member_id,
             initial_voters: identity.members.iter().map(|m| m.id).collect(),
@@ -132,5 +132,10 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
+    // With the servers gone, the member is the last holder of the raft
+    // handle: dropping it ends the raft thread, which closes the database.
+    drop(member);
+    let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    tracing::info!("stopped");
     Ok(())
 }
