@@ -5,8 +5,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 use cairn::pb::etcdserverpb::kv_client::KvClient;
 use cairn::pb::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
@@ -62,7 +64,7 @@ async fn writer(endpoint: String, id: usize, cycle: usize, acked: Arc<Mutex<Acke
         // Every seventh step deletes this writer's previous key.
         if seq % 7 == 6 {
             if let Some(k) = last.take() {
-                acked.lock().unwrap().deleting(&k);
+                acked.lock().await.deleting(&k);
                 let req = DeleteRangeRequest {
                     key: k.clone(),
                     ..Default::default()
@@ -72,7 +74,7 @@ async fn writer(endpoint: String, id: usize, cycle: usize, acked: Arc<Mutex<Acke
                         let r = r.into_inner();
                         assert_eq!(r.deleted, 1, "deleting our own key {k:?}");
                         let rev = r.header.unwrap().revision;
-                        acked.lock().unwrap().record(k, Fate::Deleted, rev);
+                        acked.lock().await.record(k, Fate::Deleted, rev);
                     }
                     Err(_) => return,
                 }
@@ -91,7 +93,7 @@ async fn writer(endpoint: String, id: usize, cycle: usize, acked: Arc<Mutex<Acke
                 let rev = r.into_inner().header.unwrap().revision;
                 acked
                     .lock()
-                    .unwrap()
+                    .await
                     .record(key.clone(), Fate::Put(value, rev), rev);
                 last = Some(key);
             }
@@ -152,8 +154,8 @@ async fn kill9_under_writes_loses_nothing_acknowledged() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut total = 0;
     for cycle in 0..CYCLES {
-        verify(&server.endpoint(), &acked.lock().unwrap()).await;
-        let before = acked.lock().unwrap().revisions.len();
+        verify(&server.endpoint(), &*acked.lock().await).await;
+        let before = acked.lock().await.revisions.len();
         let tasks: Vec<_> = (0..WRITERS)
             .map(|id| tokio::spawn(writer(server.endpoint(), id, cycle, acked.clone())))
             .collect();
@@ -164,12 +166,12 @@ async fn kill9_under_writes_loses_nothing_acknowledged() {
         for t in tasks {
             t.await.unwrap();
         }
-        let after = acked.lock().unwrap().revisions.len();
+        let after = acked.lock().await.revisions.len();
         assert!(after > before, "cycle {cycle}: no write was acknowledged");
         total += after - before;
         server.restart();
     }
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().await;
     verify(&server.endpoint(), &acked).await;
     // Revisions go on from where they were: the next write is newer than
     // everything acknowledged before the crashes.

@@ -39,9 +39,9 @@ impl Cluster for ClusterService {
                 is_learner: m.is_learner,
             })
             .collect();
-        let rev = self.member.store().current_revision();
+        // etcd's Cluster responses carry no revision.
         Ok(Response::new(MemberListResponse {
-            header: Some(self.member.header(rev)),
+            header: Some(self.member.header(0)),
             members,
         }))
     }

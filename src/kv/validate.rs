@@ -53,8 +53,9 @@ fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<()> {
     if r.compare.iter().any(|c| c.key.is_empty()) {
         return Err(Error::EmptyKey);
     }
+    // A nested txn gets only the budget its parent leaves (etcd's rule).
     for op in r.success.iter().chain(&r.failure) {
-        check_op(op, max_ops)?;
+        check_op(op, max_ops - ops)?;
     }
     Ok(())
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+
+use super::authority_repair;
 
 use super::identity::{Identity, InitialMember};
 use super::{Member, MemberSettings};
@@ -115,11 +118,12 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
         let mut stop = stop_rx.clone();
+        let incoming = TcpListenerStream::new(l).map(|c| c.map(authority_repair::filter));
         let server = tonic::transport::Server::builder()
             .add_service(kv)
             .add_service(cluster)
             .add_service(maintenance)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
         tracing::info!(address = %addr, "serving client traffic insecurely");

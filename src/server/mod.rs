@@ -6,5 +6,6 @@ mod member;
 
 pub use member::{Member, MemberInfo, MemberSettings};
 
+pub mod authority_repair;
 pub mod boot;
 pub mod identity;

@@ -9,7 +9,7 @@
 //! that is killed by a signal.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_int, c_ulong};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -31,10 +31,17 @@ pub const CAIRN_BIN: &str = env!("CARGO_BIN_EXE_cairn");
 /// How long a server gets to answer `Status` with a leader.
 const READY_DEADLINE: Duration = Duration::from_secs(30);
 
-/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the socket).
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, drop the socket),
+/// never one this process handed out before.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +89,7 @@ impl Server {
             .tempdir()
             .expect("temp dir");
         let client_port = free_port();
-        let mut peer_port = free_port();
-        while peer_port == client_port {
-            peer_port = free_port();
-        }
+        let peer_port = free_port();
         let mut s = Server {
             kind,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
