@@ -13,13 +13,17 @@ use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::kv::write::{self, Leases, NoLeases};
-use crate::mvcc::MvccStore;
+use crate::kv::write;
+use crate::lease::Lessor;
+use crate::mvcc::{MvccStore, WriteOutcome};
 use crate::pb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
+use crate::pb::mvccpb::event::EventType;
 use crate::storage::{Storage, CF_META};
+use crate::watch::WatchHub;
 
 const META_APPLIED: &[u8] = b"applied_index";
 
@@ -31,7 +35,7 @@ pub struct Request {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub member: u64,
-    #[prost(oneof = "Op", tags = "3, 4, 5, 6")]
+    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8")]
     pub op: Option<Op>,
 }
 
@@ -45,6 +49,10 @@ pub enum Op {
     Txn(TxnRequest),
     #[prost(message, tag = "6")]
     Compact(CompactionRequest),
+    #[prost(message, tag = "7")]
+    LeaseGrant(LeaseGrantRequest),
+    #[prost(message, tag = "8")]
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 /// The result of applying one request, for the client that sent it.
@@ -55,6 +63,8 @@ pub enum Response {
     Txn(TxnResponse),
     /// With, for a `physical` compaction, what fires when it is done.
     Compact(CompactionResponse, Option<oneshot::Receiver<()>>),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// An applied request and whom to tell.
@@ -67,12 +77,18 @@ pub struct Applied {
 pub struct Applier {
     storage: Storage,
     store: Arc<MvccStore>,
+    lessor: Arc<Lessor>,
+    hub: Arc<WatchHub>,
     applied: u64,
-    leases: Box<dyn Leases + Send>,
 }
 
 impl Applier {
-    pub fn open(storage: Storage, store: Arc<MvccStore>) -> Result<Applier> {
+    pub fn open(
+        storage: Storage,
+        store: Arc<MvccStore>,
+        lessor: Arc<Lessor>,
+        hub: Arc<WatchHub>,
+    ) -> Result<Applier> {
         let applied = storage
             .db()
             .get_cf(storage.cf(CF_META), META_APPLIED)?
@@ -81,8 +97,9 @@ impl Applier {
         Ok(Applier {
             storage,
             store,
+            lessor,
+            hub,
             applied,
-            leases: Box::new(NoLeases),
         })
     }
 
@@ -92,6 +109,12 @@ impl Applier {
 
     pub fn store(&self) -> &Arc<MvccStore> {
         &self.store
+    }
+
+    /// Raft tells us whether this member leads: lease deadlines live only
+    /// on the leader.
+    pub fn set_leader(&self, leader: bool) {
+        self.lessor.set_leader(leader);
     }
 
     /// Records an entry that changes no replicated state (a new leader's
@@ -129,28 +152,87 @@ impl Applier {
             self.apply_empty(index)?;
             return Err(Error::Internal("empty request".into()));
         };
-        if let Op::Compact(c) = op {
-            return self.compact(index, &c);
-        }
         let store = self.store.clone();
+        let lessor = self.lessor.clone();
         let mut w = store.write();
-        let leases: &dyn Leases = self.leases.as_ref();
         let result = match &op {
-            Op::Put(p) => write::put(&mut w, p, leases).map(Response::Put),
-            Op::DeleteRange(d) => write::delete_range(&mut w, d).map(Response::DeleteRange),
-            Op::Txn(t) => write::txn(&mut w, t, leases).map(Response::Txn),
-            Op::Compact(_) => unreachable!("handled above"),
-        };
-        match result {
-            Ok(resp) => {
-                let out = w.finish();
-                self.commit(index, out.batch)?;
-                store.publish(out.rev);
-                Ok(resp)
+            Op::Compact(c) => {
+                drop(w);
+                return self.compact(index, c);
             }
+            Op::LeaseGrant(g) => {
+                drop(w);
+                return self.lease_grant(index, g);
+            }
+            Op::Put(p) => write::put(&mut w, p, lessor.as_ref()).map(Response::Put),
+            Op::DeleteRange(d) => write::delete_range(&mut w, d).map(Response::DeleteRange),
+            Op::Txn(t) => write::txn(&mut w, t, lessor.as_ref()).map(Response::Txn),
+            Op::LeaseRevoke(r) => lease_revoke(&mut w, &lessor, r).map(Response::LeaseRevoke),
+        };
+        let resp = match result {
+            Ok(resp) => resp,
             Err(e) => {
                 // A refused request changes nothing but the applied index.
                 drop(w);
+                self.apply_empty(index)?;
+                return Err(e);
+            }
+        };
+        let mut out = w.finish();
+        match &op {
+            Op::LeaseRevoke(r) => lessor.revoke(r.id, &mut out.batch)?,
+            _ => self.track_leases(&mut out),
+        }
+        let WriteOutcome { batch, rev, events } = out;
+        self.commit(index, batch)?;
+        store.publish(rev);
+        if !events.is_empty() {
+            self.hub.publish(rev, events);
+        }
+        Ok(resp)
+    }
+
+    /// Keeps lease attachments in step with what a write changed: a key put
+    /// with a lease joins it, leaves the lease it had, and a deleted key
+    /// leaves its lease.
+    fn track_leases(&self, out: &mut WriteOutcome) {
+        for e in &out.events {
+            let (Some(kv), prev) = (&e.kv, &e.prev_kv) else {
+                continue;
+            };
+            let old = prev.as_ref().map_or(0, |p| p.lease);
+            let new = if e.r#type == EventType::Put as i32 {
+                kv.lease
+            } else {
+                0
+            };
+            if old != new {
+                if old != 0 {
+                    self.lessor.detach(old, &kv.key, &mut out.batch);
+                }
+                if new != 0 {
+                    self.lessor.attach(new, &kv.key, &mut out.batch);
+                }
+            }
+        }
+    }
+
+    fn lease_grant(&mut self, index: u64, req: &LeaseGrantRequest) -> Result<Response> {
+        let mut batch = WriteBatch::default();
+        match self.lessor.grant(req.id, req.ttl, &mut batch) {
+            Ok(ttl) => {
+                self.commit(index, batch)?;
+                Ok(Response::LeaseGrant(LeaseGrantResponse {
+                    header: Some(ResponseHeader {
+                        revision: self.store.current_revision(),
+                        ..Default::default()
+                    }),
+                    id: req.id,
+                    ttl,
+                    error: String::new(),
+                }))
+            }
+            Err(e) => {
                 self.apply_empty(index)?;
                 Err(e)
             }
@@ -182,4 +264,22 @@ impl Applier {
         self.applied = index;
         Ok(())
     }
+}
+
+/// A revoke deletes every key of the lease in one revision (the caller then
+/// forgets the lease in the same batch).
+fn lease_revoke(
+    w: &mut crate::mvcc::WriteTxn,
+    lessor: &Lessor,
+    req: &LeaseRevokeRequest,
+) -> Result<LeaseRevokeResponse> {
+    for key in lessor.keys_of(req.id)? {
+        w.delete_range(&key, &[])?;
+    }
+    Ok(LeaseRevokeResponse {
+        header: Some(ResponseHeader {
+            revision: w.rev(),
+            ..Default::default()
+        }),
+    })
 }

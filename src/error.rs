@@ -30,6 +30,10 @@ pub enum Error {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: no leader")]
@@ -62,7 +66,8 @@ impl Error {
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
-            NotCapable => Code::FailedPrecondition,
+            NotCapable | LeaseExists => Code::FailedPrecondition,
+            LeaseTtlTooLarge => Code::OutOfRange,
             Internal(_) => Code::Unknown,
         }
     }

@@ -56,6 +56,7 @@ fn main() {
         max_txn_ops: cfg.max_txn_ops as usize,
         heartbeat: cfg.heartbeat_interval,
         election_timeout: cfg.election_timeout,
+        watch_progress_notify_interval: cfg.watch_progress_notify_interval,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -2,8 +2,8 @@
 //!
 //! Every family has one owner module that encodes its keys and values:
 //! `raft_log` and `raft_state` belong to `consensus::log_store`, `kv`,
-//! `index` and the mvcc keys of `meta` belong to `mvcc`, the applied index
-//! in `meta` belongs to `apply`.
+//! `index` and the mvcc keys of `meta` belong to `mvcc`, `lease` to
+//! `lease::Lessor`, the applied index in `meta` belongs to `apply`.
 //!
 //! **Invariant:** the raft log is written with `sync = true` before a
 //! member acknowledges an entry; everything else may be written unsynced,
@@ -21,8 +21,16 @@ pub const CF_RAFT_STATE: &str = "raft_state";
 pub const CF_KV: &str = "kv";
 pub const CF_INDEX: &str = "index";
 pub const CF_META: &str = "meta";
+pub const CF_LEASE: &str = "lease";
 
-const FAMILIES: [&str; 5] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_INDEX, CF_META];
+const FAMILIES: [&str; 6] = [
+    CF_RAFT_LOG,
+    CF_RAFT_STATE,
+    CF_KV,
+    CF_INDEX,
+    CF_META,
+    CF_LEASE,
+];
 
 /// The member's database. Cheap to clone; all clones share one RocksDB.
 #[derive(Clone)]

@@ -4,7 +4,11 @@
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
+pub mod watch;
+
+use std::pin::Pin;
 
 use tonic::{Request, Status};
 
@@ -24,3 +28,7 @@ pub fn check_leader<T>(member: &Member, req: &Request<T>) -> Result<(), Status> 
     }
     Ok(())
 }
+
+/// A server-streamed response, as the generated service traits take it.
+pub type ResponseStream<T> =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -236,12 +236,15 @@ impl Driver {
         if let Some(ss) = rd.ss() {
             self.status.leader.store(ss.leader_id, Ordering::SeqCst);
             let leader = ss.raft_state == StateRole::Leader;
-            if leader != self.status.is_leader.swap(leader, Ordering::SeqCst) && leader {
-                tracing::info!(
-                    member = format_args!("{:x}", self.cfg.id),
-                    term = self.node.raft.term,
-                    "became leader"
-                );
+            if leader != self.status.is_leader.swap(leader, Ordering::SeqCst) {
+                self.applier.set_leader(leader);
+                if leader {
+                    tracing::info!(
+                        member = format_args!("{:x}", self.cfg.id),
+                        term = self.node.raft.term,
+                        "became leader"
+                    );
+                }
             }
         }
         // Single-member raft has no peers to message; clustering sends

@@ -16,15 +16,6 @@ pub trait Leases {
     fn exists(&self, id: i64) -> bool;
 }
 
-/// The lessor of a member that grants no leases yet: every lease is unknown.
-pub struct NoLeases;
-
-impl Leases for NoLeases {
-    fn exists(&self, _id: i64) -> bool {
-        false
-    }
-}
-
 fn header(rev: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision: rev,

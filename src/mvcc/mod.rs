@@ -5,4 +5,6 @@ pub mod revision;
 pub mod store;
 
 pub use revision::Revision;
-pub use store::{in_range, MvccStore, RangeOptions, RangeResult, WriteOutcome, WriteTxn};
+pub use store::{
+    in_range, MvccStore, RangeOptions, RangeResult, RevisionEvents, WriteOutcome, WriteTxn,
+};

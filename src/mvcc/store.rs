@@ -59,6 +59,13 @@ pub struct RangeResult {
     pub rev: i64,
 }
 
+/// The changes of one main revision, in sub-revision order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionEvents {
+    pub rev: i64,
+    pub events: Vec<Event>,
+}
+
 /// A finished write transaction, to be written by the apply step together
 /// with the applied index.
 pub struct WriteOutcome {
@@ -167,6 +174,54 @@ impl MvccStore {
             return Err(Error::Compacted);
         }
         Ok(rev)
+    }
+
+    /// The events of revisions `from..=to`, oldest first, at most
+    /// `max_revisions` revisions (a revision is never split). Each event
+    /// carries its key's previous version as `prev_kv` when that version is
+    /// still stored. Refuses `from` below the compacted revision.
+    pub fn history(&self, from: i64, to: i64, max_revisions: usize) -> Result<Vec<RevisionEvents>> {
+        let snap = self.storage.db().snapshot();
+        if from < self.compacted_revision() {
+            return Err(Error::Compacted);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(Revision::new(to + 1, 0).to_bytes().to_vec());
+        let mut it = snap.raw_iterator_cf_opt(self.storage.cf(CF_KV), ro);
+        it.seek(Revision::new(from, 0).to_bytes());
+        let mut out: Vec<RevisionEvents> = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let rev = Revision::from_bytes(k).ok_or_else(corrupt_index)?;
+            if out.last().map(|r| r.rev) != Some(rev.main) {
+                if out.len() == max_revisions {
+                    break;
+                }
+                out.push(RevisionEvents {
+                    rev: rev.main,
+                    events: Vec::new(),
+                });
+            }
+            let kv = KeyValue::decode(v).map_err(Error::internal)?;
+            let prev = match latest(&self.storage, &snap, &kv.key, rev.main - 1)? {
+                Some((r, e)) if !e.tombstone => Some(read_kv(&self.storage, &snap, r)?),
+                _ => None,
+            };
+            let kind = if k.len() == 17 {
+                EventType::Delete
+            } else {
+                EventType::Put
+            };
+            if let Some(last) = out.last_mut() {
+                last.events.push(Event {
+                    r#type: kind as i32,
+                    kv: Some(kv),
+                    prev_kv: prev,
+                });
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     /// Starts a write transaction. Only the apply step calls this, one at a
@@ -487,7 +542,7 @@ impl WriteTxn<'_> {
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv.clone()),
-            prev_kv: None,
+            prev_kv: prev.clone(),
         });
         self.overlay.insert(key.to_vec(), (rev, entry, kv));
         Ok(prev)
@@ -519,7 +574,7 @@ impl WriteTxn<'_> {
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
                 kv: Some(kv.clone()),
-                prev_kv: None,
+                prev_kv: Some(prev.clone()),
             });
             self.overlay.insert(prev.key.clone(), (rev, entry, kv));
         }

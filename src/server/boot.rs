@@ -16,15 +16,22 @@ use super::authority_repair;
 
 use super::identity::{Identity, InitialMember};
 use super::{Member, MemberSettings};
-use crate::api::{cluster::ClusterService, kv::KvService, maintenance::MaintenanceService};
+use crate::api::{
+    cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
+    watch::WatchService,
+};
 use crate::apply::Applier;
+use crate::apply::Op;
 use crate::consensus::{log_store::LogStore, node, NodeConfig};
 use crate::ids::format_id;
+use crate::lease::Lessor;
 use crate::mvcc::MvccStore;
 use crate::pb::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, LeaseRevokeRequest,
 };
 use crate::storage::Storage;
+use crate::watch::WatchHub;
 
 /// What a member needs to start; built from the command line by `main`.
 pub struct BootSettings {
@@ -40,6 +47,7 @@ pub struct BootSettings {
     pub max_txn_ops: usize,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so
@@ -66,10 +74,18 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         "starting member"
     );
     let store = MvccStore::open(storage.clone())?;
-    let applier = Applier::open(storage.clone(), store.clone())?;
-    let log = LogStore::open(storage.clone())?;
     let election_ticks =
         (s.election_timeout.as_millis() / s.heartbeat.as_millis().max(1)).max(2) as usize;
+    // etcd's minimum lease TTL: one and a half election timeouts, rounded up
+    // to whole seconds.
+    let min_ttl_ms = (3 * election_ticks as u128 / 2) * s.heartbeat.as_millis();
+    let lessor = Arc::new(Lessor::open(
+        storage.clone(),
+        min_ttl_ms.div_ceil(1000).max(1) as i64,
+    )?);
+    let hub = WatchHub::new(store.clone());
+    let applier = Applier::open(storage.clone(), store.clone(), lessor.clone(), hub.clone())?;
+    let log = LogStore::open(storage.clone())?;
     let (raft, raft_thread) = node::start(
         NodeConfig {
             id: identity.member_id,
@@ -117,22 +133,36 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         let maintenance = MaintenanceServer::new(MaintenanceService::new(member.clone()))
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
+        let watch = WatchServer::new(WatchService::new(
+            member.clone(),
+            hub.clone(),
+            s.watch_progress_notify_interval,
+        ))
+        .max_decoding_message_size(max_recv)
+        .max_encoding_message_size(usize::MAX);
+        let lease = LeaseServer::new(LeaseService::new(member.clone(), lessor.clone()))
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX);
         let mut stop = stop_rx.clone();
         let incoming = TcpListenerStream::new(l).map(|c| c.map(authority_repair::filter));
         let server = tonic::transport::Server::builder()
             .add_service(kv)
             .add_service(cluster)
             .add_service(maintenance)
+            .add_service(watch)
+            .add_service(lease)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
         tracing::info!(address = %addr, "serving client traffic insecurely");
         servers.push(tokio::spawn(server));
     }
+    let expiry = tokio::spawn(expire_leases(member.clone(), lessor.clone()));
     tracing::info!("ready to serve client requests");
     shutdown.await;
     tracing::info!("received stop signal; shutting down");
     let _ = stop_tx.send(true);
+    expiry.abort();
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
@@ -142,4 +172,23 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The leader's expiry loop: every half second (etcd's pace), leases past
+/// their deadline are revoked through raft, which deletes their keys.
+async fn expire_leases(member: Arc<Member>, lessor: Arc<Lessor>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        for id in lessor.expired(1000) {
+            let member = member.clone();
+            tokio::spawn(async move {
+                let op = Op::LeaseRevoke(LeaseRevokeRequest { id });
+                if let Err(e) = member.propose(op).await {
+                    // Retried after a grace period by `Lessor::expired`.
+                    tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
+                }
+            });
+        }
+    }
 }

@@ -74,6 +74,18 @@ impl Member {
         }
     }
 
+    /// A lease id for a grant that named none: positive, and unique as the
+    /// request numbers are (etcd derives both the same way).
+    pub fn next_lease_id(&self) -> i64 {
+        loop {
+            let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let id = ((self.id << 48) ^ n) as i64 & i64::MAX;
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
     pub fn store(&self) -> &Arc<MvccStore> {
         &self.store
     }

@@ -1,0 +1,144 @@
+//! The Lease service: grant and revoke go through raft; keep-alive, time to
+//! live and the list are answered by the lessor (on the leader, which a
+//! single member always is).
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{check_leader, ResponseStream};
+use crate::apply::{self, Op};
+use crate::error::Error;
+use crate::lease::Lessor;
+use crate::pb::etcdserverpb::lease_server::Lease;
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use crate::server::Member;
+
+pub struct LeaseService {
+    member: Arc<Member>,
+    lessor: Arc<Lessor>,
+}
+
+impl LeaseService {
+    pub fn new(member: Arc<Member>, lessor: Arc<Lessor>) -> LeaseService {
+        LeaseService { member, lessor }
+    }
+
+    fn current(&self) -> i64 {
+        self.member.store().current_revision()
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        check_leader(&self.member, &req)?;
+        let mut r = req.into_inner();
+        if r.id == 0 {
+            r.id = self.member.next_lease_id();
+        }
+        match self.member.propose(Op::LeaseGrant(r)).await? {
+            apply::Response::LeaseGrant(mut g) => {
+                g.header = Some(self.member.header(g.header.map_or(0, |h| h.revision)));
+                Ok(Response::new(g))
+            }
+            _ => Err(Error::Internal("unexpected response kind".into()).status()),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        check_leader(&self.member, &req)?;
+        match self
+            .member
+            .propose(Op::LeaseRevoke(req.into_inner()))
+            .await?
+        {
+            apply::Response::LeaseRevoke(mut r) => {
+                r.header = Some(self.member.header(r.header.map_or(0, |h| h.revision)));
+                Ok(Response::new(r))
+            }
+            _ => Err(Error::Internal("unexpected response kind".into()).status()),
+        }
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Response<ResponseStream<LeaseKeepAliveResponse>>, Status> {
+        check_leader(&self.member, &req)?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let member = self.member.clone();
+        let lessor = self.lessor.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = inbound.message().await {
+                // An unknown or expired lease answers TTL 0, as in etcd.
+                let ttl = lessor.renew(r.id).unwrap_or(0);
+                let resp = LeaseKeepAliveResponse {
+                    header: Some(member.header(member.store().current_revision())),
+                    id: r.id,
+                    ttl,
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        check_leader(&self.member, &req)?;
+        let r = req.into_inner();
+        let header = Some(self.member.header(self.current()));
+        let resp = match self.lessor.info(r.id) {
+            Some(info) => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: info.remaining,
+                granted_ttl: info.granted_ttl,
+                keys: if r.keys { info.keys } else { Vec::new() },
+            },
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        req: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        check_leader(&self.member, &req)?;
+        let leases = self
+            .lessor
+            .ids()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(Response::new(LeaseLeasesResponse {
+            header: Some(self.member.header(self.current())),
+            leases,
+        }))
+    }
+}

@@ -1,0 +1,130 @@
+//! The watch hub: where applied revisions meet watch streams.
+//!
+//! The apply step publishes each revision's events here (with every
+//! event's previous version attached). The hub keeps the most recent
+//! revisions in a bounded ring, shared by all streams as `Arc`s, and tells
+//! streams the newest revision through a `watch` channel. A stream pulls what
+//! it needs: from the ring while it is close to the present, from the
+//! store's history (the `kv` family) when it has fallen further behind.
+//!
+//! **Invariant:** publishing never waits for a stream. A slow stream only
+//! falls behind and later reads history; the apply step and the other
+//! streams never notice it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::mvcc::{MvccStore, RevisionEvents};
+use crate::pb::mvccpb::Event;
+
+/// Revisions kept in memory at most, and their approximate bytes.
+const RING_REVISIONS: usize = 16 * 1024;
+const RING_BYTES: usize = 64 * 1024 * 1024;
+/// Revisions read from history in one go by a lagging stream.
+const HISTORY_BATCH: usize = 256;
+
+pub struct WatchHub {
+    store: Arc<MvccStore>,
+    ring: Mutex<Ring>,
+    latest: watch::Sender<i64>,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// Consecutive revisions, oldest first.
+    revs: VecDeque<(Arc<RevisionEvents>, usize)>,
+    bytes: usize,
+}
+
+impl WatchHub {
+    pub fn new(store: Arc<MvccStore>) -> Arc<WatchHub> {
+        let (latest, _) = watch::channel(store.current_revision());
+        Arc::new(WatchHub {
+            store,
+            ring: Mutex::new(Ring::default()),
+            latest,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<MvccStore> {
+        &self.store
+    }
+
+    /// The newest revision whose events streams can read.
+    pub fn latest(&self) -> i64 {
+        *self.latest.borrow()
+    }
+
+    /// A receiver that wakes when a newer revision is published.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.latest.subscribe()
+    }
+
+    /// Apply step: revision `rev` is in the store; here are its events.
+    pub fn publish(&self, rev: i64, events: Vec<Event>) {
+        let size: usize = events.iter().map(event_size).sum::<usize>() + 64;
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            // The ring holds consecutive revisions only; after a gap (which a
+            // correct apply never makes) start it afresh.
+            if ring.revs.back().is_some_and(|(r, _)| r.rev + 1 != rev) {
+                ring.revs.clear();
+                ring.bytes = 0;
+            }
+            ring.revs
+                .push_back((Arc::new(RevisionEvents { rev, events }), size));
+            ring.bytes += size;
+            while ring.revs.len() > RING_REVISIONS || ring.bytes > RING_BYTES {
+                match ring.revs.pop_front() {
+                    Some((_, s)) => ring.bytes -= s,
+                    None => break,
+                }
+            }
+        }
+        self.latest.send_replace(rev);
+    }
+
+    /// The events of revisions from `from` on, up to `to`, oldest first; a
+    /// prefix of that when they have to come from history. Empty when
+    /// `from > to`. Fails with `Compacted` for a `from` below the compacted
+    /// revision that the ring no longer holds.
+    pub fn read(&self, from: i64, to: i64) -> Result<Vec<Arc<RevisionEvents>>> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let oldest = {
+            let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            match ring.revs.front() {
+                Some((first, _)) if first.rev <= from => {
+                    let skip = (from - first.rev) as usize;
+                    return Ok(ring
+                        .revs
+                        .iter()
+                        .skip(skip)
+                        .take_while(|(r, _)| r.rev <= to)
+                        .map(|(r, _)| r.clone())
+                        .collect());
+                }
+                Some((first, _)) => first.rev,
+                None => i64::MAX,
+            }
+        };
+        let upto = to.min(oldest - 1);
+        Ok(self
+            .store
+            .history(from, upto, HISTORY_BATCH)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
+    }
+}
+
+fn event_size(e: &Event) -> usize {
+    let kv = |k: &Option<crate::pb::mvccpb::KeyValue>| {
+        k.as_ref().map_or(0, |k| k.key.len() + k.value.len() + 48)
+    };
+    kv(&e.kv) + kv(&e.prev_kv)
+}
