@@ -152,10 +152,15 @@ impl WatchStream {
                 continue;
             }
             let upto = latest.min(w.next_rev + MAX_REVS_PER_RESPONSE - 1);
-            let read = {
-                let hub = self.hub.clone();
-                let from = w.next_rev;
-                tokio::task::spawn_blocking(move || hub.read(from, upto)).await
+            let from = w.next_rev;
+            let read = match self.hub.recent(from, upto) {
+                Some(revs) => Ok(Ok(revs)),
+                None => {
+                    // Behind what memory holds: history, off the async
+                    // workers.
+                    let hub = self.hub.clone();
+                    tokio::task::spawn_blocking(move || hub.history(from, upto)).await
+                }
             };
             let revs = match read {
                 Ok(Ok(revs)) => revs,

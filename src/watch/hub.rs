@@ -87,35 +87,38 @@ impl WatchHub {
         self.latest.send_replace(rev);
     }
 
-    /// The events of revisions from `from` on, up to `to`, oldest first; a
-    /// prefix of that when they have to come from history. Empty when
-    /// `from > to`. Fails with `Compacted` for a `from` below the compacted
-    /// revision that the ring no longer holds.
-    pub fn read(&self, from: i64, to: i64) -> Result<Vec<Arc<RevisionEvents>>> {
-        if from > to {
-            return Ok(Vec::new());
+    /// The events of revisions `from..=to` from memory, oldest first, or
+    /// `None` when the ring no longer reaches back to `from`. Cheap: no
+    /// I/O, a lock held only to clone `Arc`s.
+    pub fn recent(&self, from: i64, to: i64) -> Option<Vec<Arc<RevisionEvents>>> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let first = ring.revs.front()?.0.rev;
+        if first > from {
+            return None;
         }
+        let skip = (from - first) as usize;
+        Some(
+            ring.revs
+                .iter()
+                .skip(skip)
+                .take_while(|(r, _)| r.rev <= to)
+                .map(|(r, _)| r.clone())
+                .collect(),
+        )
+    }
+
+    /// The events of revisions from `from` on, up to `to` and not past what
+    /// the ring holds, read from the store's history (blocking I/O): a
+    /// prefix of that range, at least one revision when there is one. Fails
+    /// with `Compacted` below the compacted revision.
+    pub fn history(&self, from: i64, to: i64) -> Result<Vec<Arc<RevisionEvents>>> {
         let oldest = {
             let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-            match ring.revs.front() {
-                Some((first, _)) if first.rev <= from => {
-                    let skip = (from - first.rev) as usize;
-                    return Ok(ring
-                        .revs
-                        .iter()
-                        .skip(skip)
-                        .take_while(|(r, _)| r.rev <= to)
-                        .map(|(r, _)| r.clone())
-                        .collect());
-                }
-                Some((first, _)) => first.rev,
-                None => i64::MAX,
-            }
+            ring.revs.front().map_or(i64::MAX, |(r, _)| r.rev)
         };
-        let upto = to.min(oldest - 1);
         Ok(self
             .store
-            .history(from, upto, HISTORY_BATCH)?
+            .history(from, to.min(oldest - 1), HISTORY_BATCH)?
             .into_iter()
             .map(Arc::new)
             .collect())
