@@ -92,16 +92,19 @@ impl WatchStream {
                 Ok(c) => c,
                 Err(Gone) => return,
             };
-            if caught_up && self.progress_requested {
+            if let (Some(rev), true) = (caught_up, self.progress_requested) {
+                // The revision every watcher was just brought up to — not
+                // the hub's newest, which may have moved on meanwhile.
                 self.progress_requested = false;
                 let resp = WatchResponse {
                     watch_id: -1,
                     ..Default::default()
                 };
-                if self.send(resp, self.hub.latest()).await.is_err() {
+                if self.send(resp, rev).await.is_err() {
                     return;
                 }
             }
+            let caught_up = caught_up.is_some();
             tokio::select! {
                 biased;
                 msg = inbound.message() => match msg {
@@ -138,9 +141,9 @@ impl WatchStream {
     }
 
     /// One round of catching up: every watcher behind the hub gets what it
-    /// is missing (at most one response's worth). True when all are caught
-    /// up afterwards.
-    async fn deliver(&mut self) -> Result<bool, Gone> {
+    /// is missing (at most one response's worth). When all are caught up
+    /// afterwards, the revision they are caught up to.
+    async fn deliver(&mut self) -> Result<Option<i64>, Gone> {
         let latest = self.hub.latest();
         let mut caught_up = true;
         let ids: Vec<i64> = self.watchers.keys().copied().collect();
@@ -162,8 +165,8 @@ impl WatchStream {
                     tokio::task::spawn_blocking(move || hub.history(from, upto)).await
                 }
             };
-            let revs = match read {
-                Ok(Ok(revs)) => revs,
+            let batch = match read {
+                Ok(Ok(batch)) => batch,
                 Ok(Err(Error::Compacted)) => {
                     self.watchers.remove(&id);
                     self.send_compacted(id).await?;
@@ -179,13 +182,8 @@ impl WatchStream {
                 }
             };
             let w = self.watchers.get_mut(&id).expect("present");
-            let before = w.next_rev;
-            let events = w.take(&revs);
-            if w.next_rev == before {
-                // Nothing to read there (revisions without events cannot
-                // exist); do not spin on it.
-                w.next_rev = upto + 1;
-            }
+            let events = w.take(&batch.revs);
+            w.next_rev = w.next_rev.max(batch.covered + 1);
             if w.next_rev <= latest {
                 caught_up = false;
             }
@@ -194,7 +192,7 @@ impl WatchStream {
             }
             w.sent_since_tick = true;
             let fragment = w.fragment;
-            let header_rev = revs.last().map_or(latest, |r| r.rev);
+            let header_rev = batch.revs.last().map_or(latest, |r| r.rev);
             let resp = WatchResponse {
                 watch_id: id,
                 events,
@@ -209,7 +207,7 @@ impl WatchStream {
                 self.send(p, header_rev).await?;
             }
         }
-        Ok(caught_up)
+        Ok(caught_up.then_some(latest))
     }
 
     async fn send_compacted(&mut self, id: i64) -> Result<(), Gone> {

@@ -90,39 +90,54 @@ impl WatchHub {
     /// The events of revisions `from..=to` from memory, oldest first, or
     /// `None` when the ring no longer reaches back to `from`. Cheap: no
     /// I/O, a lock held only to clone `Arc`s.
-    pub fn recent(&self, from: i64, to: i64) -> Option<Vec<Arc<RevisionEvents>>> {
+    pub fn recent(&self, from: i64, to: i64) -> Option<Batch> {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let first = ring.revs.front()?.0.rev;
         if first > from {
             return None;
         }
         let skip = (from - first) as usize;
-        Some(
-            ring.revs
-                .iter()
-                .skip(skip)
-                .take_while(|(r, _)| r.rev <= to)
-                .map(|(r, _)| r.clone())
-                .collect(),
-        )
+        let revs = ring
+            .revs
+            .iter()
+            .skip(skip)
+            .take_while(|(r, _)| r.rev <= to)
+            .map(|(r, _)| r.clone())
+            .collect();
+        Some(Batch { revs, covered: to })
     }
 
     /// The events of revisions from `from` on, up to `to` and not past what
     /// the ring holds, read from the store's history (blocking I/O): a
     /// prefix of that range, at least one revision when there is one. Fails
     /// with `Compacted` below the compacted revision.
-    pub fn history(&self, from: i64, to: i64) -> Result<Vec<Arc<RevisionEvents>>> {
+    pub fn history(&self, from: i64, to: i64) -> Result<Batch> {
         let oldest = {
             let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
             ring.revs.front().map_or(i64::MAX, |(r, _)| r.rev)
         };
-        Ok(self
+        let to = to.min(oldest - 1);
+        let revs: Vec<Arc<RevisionEvents>> = self
             .store
-            .history(from, to.min(oldest - 1), HISTORY_BATCH)?
+            .history(from, to, HISTORY_BATCH)?
             .into_iter()
             .map(Arc::new)
-            .collect())
+            .collect();
+        // A full batch may stop short of `to`; otherwise everything up to
+        // `to` was read (revision 1, the empty store's, has no events).
+        let covered = match revs.last() {
+            Some(last) if revs.len() == HISTORY_BATCH => last.rev,
+            _ => to,
+        };
+        Ok(Batch { revs, covered })
     }
+}
+
+/// Events read for a watcher, and the last revision the read covered
+/// (the watcher moves past it even when nothing matched).
+pub struct Batch {
+    pub revs: Vec<Arc<RevisionEvents>>,
+    pub covered: i64,
 }
 
 fn event_size(e: &Event) -> usize {
