@@ -151,7 +151,7 @@ impl WatchStream {
             let Some(w) = self.watchers.get(&id) else {
                 continue;
             };
-            if w.next_rev > latest {
+            if w.compacted || w.next_rev > latest {
                 continue;
             }
             let upto = latest.min(w.next_rev + MAX_REVS_PER_RESPONSE - 1);
@@ -168,7 +168,9 @@ impl WatchStream {
             let batch = match read {
                 Ok(Ok(batch)) => batch,
                 Ok(Err(Error::Compacted)) => {
-                    self.watchers.remove(&id);
+                    if let Some(w) = self.watchers.get_mut(&id) {
+                        w.compacted = true;
+                    }
                     self.send_compacted(id).await?;
                     continue;
                 }
@@ -182,7 +184,7 @@ impl WatchStream {
                 }
             };
             let w = self.watchers.get_mut(&id).expect("present");
-            let events = w.take(&batch.revs);
+            let events = w.take(&batch.revs, self.hub.store().compacted_revision());
             w.next_rev = w.next_rev.max(batch.covered + 1);
             if w.next_rev <= latest {
                 caught_up = false;
@@ -199,7 +201,9 @@ impl WatchStream {
                 ..Default::default()
             };
             let parts = if fragment {
-                fragments(resp, self.member.max_request_bytes)
+                // etcd's limit for a watch response: the request limit plus
+                // the gRPC overhead it allows on top.
+                fragments(resp, self.member.max_request_bytes + 512 * 1024)
             } else {
                 vec![resp]
             };
@@ -287,10 +291,14 @@ impl WatchStream {
             ..Default::default()
         };
         self.send(created, latest).await?;
-        if c.start_revision > 0 && c.start_revision < self.hub.store().compacted_revision() {
-            return self.send_compacted(id).await;
+        let mut w = Watcher::new(id, &c, start);
+        let compacted =
+            c.start_revision > 0 && c.start_revision < self.hub.store().compacted_revision();
+        w.compacted = compacted;
+        self.watchers.insert(id, w);
+        if compacted {
+            self.send_compacted(id).await?;
         }
-        self.watchers.insert(id, Watcher::new(id, &c, start));
         Ok(())
     }
 
@@ -305,7 +313,8 @@ impl WatchStream {
                 let sent = std::mem::take(&mut w.sent_since_tick);
                 // Exactly caught up: a watcher that starts in the future hears
                 // nothing below its start.
-                (w.progress_notify && !sent && w.next_rev == latest + 1).then_some(w.id)
+                (w.progress_notify && !sent && !w.compacted && w.next_rev == latest + 1)
+                    .then_some(w.id)
             })
             .collect();
         for id in due {

@@ -25,6 +25,9 @@ pub struct Watcher {
     /// Events were sent since the last periodic progress tick (etcd then
     /// skips the notification).
     pub sent_since_tick: bool,
+    /// Canceled by compaction: gets nothing more, but its id stays taken
+    /// until the client cancels it (etcd answers that cancel).
+    pub compacted: bool,
 }
 
 impl Watcher {
@@ -32,9 +35,15 @@ impl Watcher {
     /// or the one after the present when it asked for none).
     pub fn new(id: i64, req: &WatchCreateRequest, start: i64) -> Watcher {
         let filter = |f: FilterType| req.filters.contains(&(f as i32));
+        // An empty key means the smallest key, "\0", as in etcd.
+        let key = if req.key.is_empty() {
+            vec![0]
+        } else {
+            req.key.clone()
+        };
         Watcher {
             id,
-            key: req.key.clone(),
+            key,
             end: req.range_end.clone(),
             next_rev: start,
             no_put: filter(FilterType::Noput),
@@ -43,6 +52,7 @@ impl Watcher {
             progress_notify: req.progress_notify,
             fragment: req.fragment,
             sent_since_tick: false,
+            compacted: false,
         }
     }
 
@@ -58,8 +68,10 @@ impl Watcher {
     }
 
     /// The events of `revs` (consecutive revisions starting at or before
-    /// `next_rev`) this watcher should get, and moves past them.
-    pub fn take(&mut self, revs: &[Arc<RevisionEvents>]) -> Vec<Event> {
+    /// `next_rev`) this watcher should get, and moves past them. A previous
+    /// version below `compacted` is left out, as etcd (which reads it at the
+    /// revision before the event) cannot give it either.
+    pub fn take(&mut self, revs: &[Arc<RevisionEvents>], compacted: i64) -> Vec<Event> {
         let mut out = Vec::new();
         for r in revs {
             if r.rev < self.next_rev {
@@ -68,7 +80,7 @@ impl Watcher {
             for e in &r.events {
                 if self.matches(e) {
                     let mut e = e.clone();
-                    if !self.prev_kv {
+                    if !self.prev_kv || r.rev - 1 < compacted {
                         e.prev_kv = None;
                     }
                     out.push(e);
@@ -143,13 +155,13 @@ mod tests {
             })
             .collect();
         let mut w = watcher("a", "", 6);
-        let got = w.take(&revs);
+        let got = w.take(&revs, 0);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].kv.as_ref().unwrap().mod_revision, 6);
         assert!(got[0].prev_kv.is_none(), "prev_kv only when asked");
         assert_eq!(w.next_rev, 8);
         let mut all = watcher("\0", "\0", 1);
-        assert_eq!(all.take(&revs).len(), 6);
+        assert_eq!(all.take(&revs, 0).len(), 6);
     }
 
     #[test]
