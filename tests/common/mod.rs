@@ -70,6 +70,8 @@ pub struct Server {
     /// Holds `data/` (the data dir) and `server.log` (stdout + stderr).
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Extra command-line flags, passed on every (re)start.
+    extra_args: Vec<String>,
 }
 
 impl Server {
@@ -84,6 +86,12 @@ impl Server {
     }
 
     pub fn start(kind: Kind) -> Server {
+        Server::start_with(kind, &[])
+    }
+
+    /// Starts a server with extra flags (e.g. `--max-request-bytes=4096`),
+    /// appended after the harness's own and kept across restarts.
+    pub fn start_with(kind: Kind, extra_args: &[&str]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-test-", kind.name()))
             .tempdir()
@@ -98,6 +106,7 @@ impl Server {
             peer_port,
             dir,
             child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn_and_wait();
         s
@@ -169,6 +178,7 @@ impl Server {
             a.push("--logger=zap".into());
             a.push("--log-outputs=stderr".into());
         }
+        a.extend(self.extra_args.iter().cloned());
         a
     }
 
@@ -251,6 +261,24 @@ pub fn start_pair(a: Kind, b: Kind) -> (Server, Server) {
     }
 }
 
+/// Like `start_pair`, with the same extra flags for both servers.
+pub fn start_pair_with(a: Kind, b: Kind, extra_args: &[&str]) -> (Server, Server) {
+    let ea: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let eb = ea.clone();
+    let ta = std::thread::spawn(move || {
+        Server::start_with(a, &ea.iter().map(String::as_str).collect::<Vec<_>>())
+    });
+    let tb = std::thread::spawn(move || {
+        Server::start_with(b, &eb.iter().map(String::as_str).collect::<Vec<_>>())
+    });
+    let sa = ta.join();
+    let sb = tb.join();
+    match (sa, sb) {
+        (Ok(sa), Ok(sb)) => (sa, sb),
+        (Err(e), _) | (_, Err(e)) => std::panic::resume_unwind(e),
+    }
+}
+
 /// One Status call on a throwaway runtime in its own thread, so that it works
 /// from sync code and from inside any tokio runtime. Ok(leader id).
 fn probe_status(endpoint: &str) -> Result<u64, String> {
@@ -323,6 +351,22 @@ pub fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
         drop(pipe);
     }
     child.wait_with_output().expect("wait etcdctl")
+}
+
+/// A long-running `/usr/bin/etcdctl --endpoints=ENDPOINT ARGS...` (e.g.
+/// `watch`): stdin, stdout and stderr piped, and killed with the test
+/// process like the servers (`PR_SET_PDEATHSIG`). The caller kills and reaps
+/// it.
+pub fn etcdctl_spawn(endpoint: &str, args: &[&str]) -> Child {
+    let mut cmd = Command::new(ETCDCTL_BIN);
+    clear_etcd_env(&mut cmd);
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    spawn_child(cmd).expect("spawn etcdctl")
 }
 
 // ---------------------------------------------------------------------------
