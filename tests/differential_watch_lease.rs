@@ -1280,6 +1280,16 @@ async fn watch_creates_and_events(d: &mut Diff) {
         created_id(&items, 2),
     );
     let _ = (single, pfx, from, all, zero, empty, prev, noput, nodel);
+    d.watch(
+        "create with both NOPUT and NODELETE on w/ (sees nothing)",
+        s,
+        &[create(WatchCreateRequest {
+            filters: vec![FilterType::Noput as i32, FilterType::Nodelete as i32],
+            ..wc_prefix(b"w/")
+        })],
+        1,
+    )
+    .await;
 
     d.ok("update w/a", put(b"w/a", b"1")).await;
     // single, prefix, all, prev, nodelete
@@ -1667,6 +1677,15 @@ async fn watch_progress(d: &mut Diff) {
         PROGRESS_INTERVAL * 5 / 2,
     )
     .await;
+    d.ok("p/k 2 (watched)", put(b"p/k", b"2")).await;
+    // The event, then notifications at the new revision (etcd skips the
+    // first tick after an event).
+    d.progress_window(
+        "an event, then progress notifications at its revision",
+        s,
+        PROGRESS_INTERVAL * 5 / 2,
+    )
+    .await;
     d.close(s);
 }
 
@@ -1886,6 +1905,33 @@ async fn lease_keys(d: &mut Diff) {
     d.expect("one response: three deletes with prev_kv", s, 1)
         .await;
     d.ok("range l/ after revoking l0", get_prefix(b"l/")).await;
+    d.ok("grant TTL 300, id 3000", grant(300, 3000)).await;
+    d.ok("put l/x with lease 3000", put_lease(b"l/x", b"x", 3000))
+        .await;
+    d.ok("put l/y with lease 3000", put_lease(b"l/y", b"y", 3000))
+        .await;
+    d.expect("two put events", s, 2).await;
+    d.ok("delete l/x (detaches it)", del(b"l/x", b"")).await;
+    d.expect("delete event of l/x", s, 1).await;
+    d.ok("time-to-live 3000 with keys (l/y)", ttl(3000, true))
+        .await;
+    d.ok(
+        "txn: delete l/y (detaches it)",
+        txn(vec![o_del(del(b"l/y", b""))]),
+    )
+    .await;
+    d.expect("delete event of l/y", s, 1).await;
+    d.ok("time-to-live 3000 with keys (none)", ttl(3000, true))
+        .await;
+    d.ok(
+        "revoke 3000 with no keys left (no new revision)",
+        revoke(3000),
+    )
+    .await;
+    d.expect("no events for revoking a lease without keys", s, 0)
+        .await;
+    d.ok("range l/ after revoking 3000", get_prefix(b"l/"))
+        .await;
     d.ok("list leases (none)", Call::Leases).await;
     d.close(s);
 }

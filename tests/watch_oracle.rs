@@ -469,7 +469,7 @@ fn benign(st: &tonic::Status) -> bool {
 
 async fn writer(id: usize, ch: Channel, shared: Arc<Shared>, deadline: Instant, seed: u64) {
     let mut kv = KvClient::new(ch);
-    let mut rng = Rng::new(seed ^ (id as u64 + 1) * 0x1234_5678);
+    let mut rng = Rng::new(seed ^ ((id as u64 + 1) * 0x1234_5678));
     for seq in 0..MAX_OPS_PER_WRITER {
         if Instant::now() >= deadline || shared.stop_writes.load(Ordering::Relaxed) {
             break;
@@ -756,7 +756,7 @@ async fn lease_task(ch: Channel, shared: Arc<Shared>, deadline: Instant, seed: u
             Err(st) => shared.fail_write(format!("lease grant: {st}")),
         }
         n += 1;
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             // Revoke one that had time to get keys.
             let victim = {
                 let l = shared.leases.lock().unwrap();
@@ -1578,6 +1578,7 @@ fn compare_events(exp: &[Event], got: &[Event], prefix_only: bool) -> Option<Str
     None
 }
 
+#[allow(clippy::too_many_arguments)]
 fn analyze(
     target: Kind,
     logs: &[StreamLog],

@@ -1,5 +1,6 @@
 //! Consensus: raft-rs driven over a RocksDB log.
 
+pub mod apply_worker;
 pub mod log_store;
 pub mod node;
 

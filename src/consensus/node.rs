@@ -17,6 +17,7 @@ use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType};
 use raft::{RawNode, ReadState, StateRole};
 use tokio::sync::{oneshot, watch};
 
+use super::apply_worker::{self, ApplyMsg};
 use super::log_store::LogStore;
 use crate::apply::{Applier, Response};
 use crate::error::{Error, Result};
@@ -112,25 +113,39 @@ pub fn start(
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(RaftStatus::default());
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (apply_tx, apply_rx) = mpsc::channel();
+    let apply_status = status.clone();
+    let member = cfg.id;
+    let apply_thread = std::thread::Builder::new()
+        .name("apply".into())
+        .spawn(move || {
+            if let Err(e) = apply_worker::run(applier, member, apply_status, apply_rx) {
+                // Storage failed under us: going on could lose or reorder
+                // acknowledged writes. Stop; a restart re-applies the log.
+                tracing::error!(error = %e, "apply failed; exiting");
+                std::process::exit(1);
+            }
+        })
+        .map_err(Error::internal)?;
     let mut driver = Driver {
         node,
-        applier,
+        apply: Some(apply_tx),
         cfg,
         status: status.clone(),
         ready: ready_tx,
-        waiters: HashMap::new(),
         pending_reads: Vec::new(),
         reads_in_flight: HashMap::new(),
-        reads_waiting_apply: Vec::new(),
         next_read_ctx: 1,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            if let Err(e) = driver.run(rx) {
-                // Storage failed under us: going on could lose or reorder
-                // acknowledged writes. Stop the process; a restart recovers
-                // from the log.
+            let result = driver.run(rx);
+            // Closing the channel ends the apply thread once it has applied
+            // what it was given.
+            driver.apply.take();
+            let _ = apply_thread.join();
+            if let Err(e) = result {
                 tracing::error!(error = %e, "raft loop failed; exiting");
                 std::process::exit(1);
             }
@@ -146,17 +161,15 @@ pub fn start(
 
 struct Driver {
     node: RawNode<LogStore>,
-    applier: Applier,
+    /// To the apply thread; `None` once shutting down.
+    apply: Option<mpsc::Sender<ApplyMsg>>,
     cfg: NodeConfig,
     status: Arc<RaftStatus>,
     ready: watch::Sender<bool>,
-    waiters: HashMap<u64, oneshot::Sender<Result<Response>>>,
     /// Reads that arrived since the last ReadIndex round.
     pending_reads: Vec<oneshot::Sender<Result<()>>>,
     /// ReadIndex rounds sent to raft, by context.
     reads_in_flight: HashMap<u64, Vec<oneshot::Sender<Result<()>>>>,
-    /// Rounds whose read index is known, waiting for apply to reach it.
-    reads_waiting_apply: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
     next_read_ctx: u64,
 }
 
@@ -185,6 +198,14 @@ impl Driver {
             }
             self.start_read_round();
             self.on_ready()?;
+            self.after_apply()?;
+        }
+    }
+
+    fn to_apply(&self, msg: ApplyMsg) -> Result<()> {
+        match &self.apply {
+            Some(tx) => tx.send(msg).map_err(|_| Error::Stopped),
+            None => Err(Error::Stopped),
         }
     }
 
@@ -199,7 +220,10 @@ impl Driver {
                     let _ = done.send(Err(err));
                     return;
                 }
-                self.waiters.insert(id, done);
+                // Registered before the entry can be committed and handed
+                // over: the apply thread sees both in this order. (Should
+                // that thread be gone, the dropped sender tells the client.)
+                let _ = self.to_apply(ApplyMsg::Register { id, done });
             }
             Command::ReadIndex { done } => self.pending_reads.push(done),
         }
@@ -218,10 +242,8 @@ impl Driver {
             .insert(ctx, std::mem::take(&mut self.pending_reads));
     }
 
-    /// Forgets clients that gave up (timed out); their entries may still
-    /// apply, but nobody waits for the answer.
+    /// Forgets reads whose clients gave up (timed out).
     fn drop_abandoned(&mut self) {
-        self.waiters.retain(|_, w| !w.is_closed());
         self.reads_in_flight.retain(|_, ws| {
             ws.retain(|w| !w.is_closed());
             !ws.is_empty()
@@ -237,7 +259,7 @@ impl Driver {
             self.status.leader.store(ss.leader_id, Ordering::SeqCst);
             let leader = ss.raft_state == StateRole::Leader;
             if leader != self.status.is_leader.swap(leader, Ordering::SeqCst) {
-                self.applier.set_leader(leader);
+                self.to_apply(ApplyMsg::Leader(leader))?;
                 if leader {
                     tracing::info!(
                         member = format_args!("{:x}", self.cfg.id),
@@ -249,8 +271,8 @@ impl Driver {
         }
         // Single-member raft has no peers to message; clustering sends
         // `rd.take_messages()` here.
-        self.on_read_states(rd.take_read_states());
-        self.apply_entries(rd.take_committed_entries())?;
+        self.on_read_states(rd.take_read_states())?;
+        self.hand_over(rd.take_committed_entries())?;
         let hs = rd.hs().cloned();
         let entries = rd.take_entries();
         if !entries.is_empty() || hs.is_some() {
@@ -265,70 +287,59 @@ impl Driver {
             // applied index never exceeds the stored commit index.
             self.node.mut_store().set_commit(commit)?;
         }
-        self.apply_entries(light.take_committed_entries())?;
+        self.hand_over(light.take_committed_entries())?;
+        // For raft-rs, handed over counts as applied: it must not offer
+        // these entries again. The real applied index is the apply thread's.
         self.node.advance_apply();
-        self.after_apply()
+        self.status
+            .commit
+            .store(self.node.raft.raft_log.committed, Ordering::SeqCst);
+        Ok(())
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<()> {
-        for e in entries {
-            match e.get_entry_type() {
-                EntryType::EntryNormal if e.get_data().is_empty() => {
-                    self.applier.apply_empty(e.index)?
-                }
-                EntryType::EntryNormal => {
-                    if let Some(applied) = self.applier.apply(e.index, e.get_data())? {
-                        if applied.member == self.cfg.id {
-                            if let Some(w) = self.waiters.remove(&applied.id) {
-                                let _ = w.send(applied.result);
-                            }
-                        }
-                    }
-                }
+    /// Takes conf changes into raft (only this thread touches the node),
+    /// then hands the entries to the apply thread.
+    fn hand_over(&mut self, entries: Vec<Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for e in &entries {
+            let cs = match e.get_entry_type() {
+                EntryType::EntryNormal => continue,
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(e.get_data()).map_err(Error::internal)?;
-                    let cs = self.node.apply_conf_change(&cc).map_err(Error::internal)?;
-                    self.node.mut_store().set_conf_state(cs)?;
-                    self.applier.apply_empty(e.index)?;
+                    self.node.apply_conf_change(&cc).map_err(Error::internal)?
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc =
                         ConfChangeV2::parse_from_bytes(e.get_data()).map_err(Error::internal)?;
-                    let cs = self.node.apply_conf_change(&cc).map_err(Error::internal)?;
-                    self.node.mut_store().set_conf_state(cs)?;
-                    self.applier.apply_empty(e.index)?;
+                    self.node.apply_conf_change(&cc).map_err(Error::internal)?
                 }
+            };
+            self.node.mut_store().set_conf_state(cs)?;
+        }
+        self.to_apply(ApplyMsg::Entries(entries))
+    }
+
+    fn on_read_states(&mut self, states: Vec<ReadState>) -> Result<()> {
+        for rs in states {
+            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
+                continue;
+            };
+            if let Some(waiters) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
+                self.to_apply(ApplyMsg::ReadReady {
+                    index: rs.index,
+                    waiters,
+                })?;
             }
         }
         Ok(())
     }
 
-    fn on_read_states(&mut self, states: Vec<ReadState>) {
-        for rs in states {
-            let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
-                continue;
-            };
-            if let Some(ws) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
-                self.reads_waiting_apply.push((rs.index, ws));
-            }
-        }
-    }
-
+    /// What follows the apply thread's progress: the ready flag and log
+    /// compaction.
     fn after_apply(&mut self) -> Result<()> {
-        let applied = self.applier.applied_index();
-        self.status.applied.store(applied, Ordering::SeqCst);
-        self.status
-            .commit
-            .store(self.node.raft.raft_log.committed, Ordering::SeqCst);
-        self.reads_waiting_apply.retain_mut(|(index, ws)| {
-            if *index > applied {
-                return true;
-            }
-            for w in ws.drain(..) {
-                let _ = w.send(Ok(()));
-            }
-            false
-        });
+        let applied = self.status.applied.load(Ordering::SeqCst);
         let ready = self.status.leader.load(Ordering::SeqCst) != 0
             && applied >= self.node.raft.raft_log.committed
             && (!self.status.is_leader.load(Ordering::SeqCst)
