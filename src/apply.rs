@@ -18,8 +18,8 @@ use crate::lease::Lessor;
 use crate::mvcc::{MvccStore, WriteOutcome};
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, ResponseHeader, TxnRequest, TxnResponse,
+    LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::event::EventType;
 use crate::storage::{Storage, CF_META};
@@ -35,7 +35,7 @@ pub struct Request {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub member: u64,
-    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -53,6 +53,8 @@ pub enum Op {
     LeaseGrant(LeaseGrantRequest),
     #[prost(message, tag = "8")]
     LeaseRevoke(LeaseRevokeRequest),
+    #[prost(message, tag = "9")]
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }
 
 /// The result of applying one request, for the client that sent it.
@@ -65,6 +67,7 @@ pub enum Response {
     Compact(CompactionResponse, Option<oneshot::Receiver<()>>),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint,
 }
 
 /// An applied request and whom to tell.
@@ -163,6 +166,15 @@ impl Applier {
             Op::LeaseGrant(g) => {
                 drop(w);
                 return self.lease_grant(index, g);
+            }
+            Op::LeaseCheckpoint(c) => {
+                drop(w);
+                let mut batch = WriteBatch::default();
+                for cp in &c.checkpoints {
+                    self.lessor.checkpoint(cp.id, cp.remaining_ttl, &mut batch);
+                }
+                self.commit(index, batch)?;
+                return Ok(Response::LeaseCheckpoint);
             }
             Op::Put(p) => write::put(&mut w, p, lessor.as_ref()).map(Response::Put),
             Op::DeleteRange(d) => write::delete_range(&mut w, d).map(Response::DeleteRange),

@@ -808,3 +808,113 @@ async fn leases_survive_kill9_and_expire_on_time() {
         panic!("{msg}\nserver log tail:\n{}", server.log_tail(20));
     }
 }
+
+/// cairn records each lease's time left every few seconds (etcd's lease
+/// checkpoints, on by default here): after a kill -9 a lease keeps the time
+/// it had left, give or take one checkpoint interval (5 s) and a second of
+/// rounding — not a fresh full TTL — and never less than it had. A
+/// keep-alive clears the record, so a renewed lease gets its full TTL back.
+/// (etcd 3.4 without `--experimental-enable-lease-checkpoint` restarts every
+/// lease at its full TTL, so this test runs against cairn only.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remaining_ttl_survives_kill9() {
+    if target() == Kind::Etcd {
+        return;
+    }
+    const LONG: i64 = 12;
+    const CHECKPOINT: Duration = Duration::from_secs(5);
+    let (left_id, renewed_id) = (0x6100_0000_0000_0001, 0x6100_0000_0000_0002);
+    let mut server = Server::cairn();
+    let ch = channel(&server.endpoint()).await.unwrap();
+    let (mut lease, mut kv) = (LeaseClient::new(ch.clone()), KvClient::new(ch));
+    let granted = Instant::now();
+    for id in [left_id, renewed_id] {
+        lease
+            .lease_grant(LeaseGrantRequest { ttl: LONG, id })
+            .await
+            .unwrap();
+        kv.put(PutRequest {
+            key: format!("rt/{id}").into_bytes(),
+            value: b"v".to_vec(),
+            lease: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // This test is about time: let a checkpoint interval and a half pass.
+    tokio::time::sleep(CHECKPOINT + Duration::from_millis(1500)).await;
+    let (tx, rx) = mpsc::channel(1);
+    let mut answers = lease
+        .lease_keep_alive(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(LeaseKeepAliveRequest { id: renewed_id })
+        .await
+        .unwrap();
+    let renewed = answers.next().await.unwrap().unwrap();
+    assert_eq!(renewed.ttl, LONG);
+    drop((tx, answers));
+
+    server.kill9();
+    server.restart();
+    let restarted = Instant::now();
+    let ch = channel(&server.endpoint()).await.unwrap();
+    let (mut lease, mut kv) = (LeaseClient::new(ch.clone()), KvClient::new(ch));
+    let ttl_of = |id: i64| LeaseTimeToLiveRequest { id, keys: true };
+    let left = lease
+        .lease_time_to_live(ttl_of(left_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let full = lease
+        .lease_time_to_live(ttl_of(renewed_id))
+        .await
+        .unwrap()
+        .into_inner();
+    let elapsed = granted.elapsed().as_secs() as i64;
+    assert_eq!(left.keys, vec![format!("rt/{left_id}").into_bytes()]);
+    // A checkpoint was taken 5 s into the lease (the first one after the
+    // server started), so it had at most ~8 s left at the kill; a fresh TTL
+    // would show ~11 s here.
+    assert!(
+        left.ttl > 0 && left.ttl <= LONG - elapsed + 3,
+        "lease {left_id:x}: {}s left after restart, {elapsed}s after a {LONG}s grant",
+        left.ttl
+    );
+    assert!(
+        full.ttl >= LONG - 2,
+        "renewed lease got {}s, not its full {LONG}s",
+        full.ttl
+    );
+    // Never earlier than its TTL from the grant; gone soon after what it had
+    // left at the restart.
+    let key = format!("rt/{left_id}").into_bytes();
+    let deadline = restarted + Duration::from_secs(left.ttl as u64 + 2);
+    loop {
+        let sent = Instant::now();
+        let found = kv
+            .range(RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        if found == 0 {
+            assert!(
+                sent >= granted + Duration::from_secs(LONG as u64),
+                "key of lease {left_id:x} expired {:?} after the grant",
+                sent - granted
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lease {left_id:x} outlived the time it had left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

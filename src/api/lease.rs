@@ -14,9 +14,10 @@ use crate::error::Error;
 use crate::lease::Lessor;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
-    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
-    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
 };
 use crate::server::Member;
 
@@ -84,6 +85,20 @@ impl Lease for LeaseService {
         let lessor = self.lessor.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = inbound.message().await {
+                if lessor.has_checkpoint(r.id) {
+                    // The recorded time left would shorten the renewed
+                    // lease after a restart: clear it first (as etcd does).
+                    let cp = LeaseCheckpointRequest {
+                        checkpoints: vec![LeaseCheckpoint {
+                            id: r.id,
+                            remaining_ttl: 0,
+                        }],
+                    };
+                    if let Err(e) = member.propose(Op::LeaseCheckpoint(cp)).await {
+                        let _ = tx.send(Err(e.status())).await;
+                        return;
+                    }
+                }
                 // An unknown or expired lease answers TTL 0, as in etcd.
                 let ttl = lessor.renew(r.id).unwrap_or(0);
                 let resp = LeaseKeepAliveResponse {

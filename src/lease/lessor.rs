@@ -1,15 +1,19 @@
 //! The lessor: the one owner of lease state.
 //!
-//! Replicated part — lease id → granted TTL and attached keys — is changed
-//! only through the apply step (`grant`, `revoke`, `attach`, `detach`) and
-//! persisted in the `lease` family in the same batch as the change:
-//! `id` (8 bytes, big-endian) → TTL, and `id ++ key` → nothing for each
-//! attached key.
+//! Replicated part — lease id → granted TTL, checkpointed remaining TTL and
+//! attached keys — is changed only through the apply step (`grant`,
+//! `revoke`, `checkpoint`, `attach`, `detach`) and persisted in the `lease`
+//! family in the same batch as the change: `id` (8 bytes, big-endian) →
+//! TTL and remaining TTL, and `id ++ key` → nothing for each attached key.
 //!
 //! Leader-local part — each lease's deadline — exists only while this member
-//! leads: on promotion every lease gets its full TTL again (a leader change
-//! never shortens a lease), keep-alives push deadlines out, and the expiry
-//! loop asks the leader to propose revokes for leases past their deadline.
+//! leads. On promotion every lease gets its checkpointed remaining TTL, or
+//! its full TTL when it has none (so a restart or a leader change never
+//! shortens a lease, and lengthens it by at most one checkpoint interval).
+//! Keep-alives push deadlines out (after clearing a checkpoint, which would
+//! otherwise shorten the renewed lease on the next promotion), and the
+//! expiry loop asks the leader to propose revokes for leases past their
+//! deadline and checkpoints for the others.
 //!
 //! **Invariant:** followers hold no deadlines and so expire nothing; an
 //! expired lease is removed only by a replicated revoke.
@@ -33,6 +37,8 @@ const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
 struct Lease {
     ttl: i64,
+    /// Checkpointed seconds left (0: none, the full TTL applies).
+    remaining: i64,
     keys: BTreeSet<Vec<u8>>,
     /// Only on the leader.
     deadline: Option<Instant>,
@@ -72,21 +78,29 @@ impl Lessor {
             let bad = || Error::Internal("corrupt lease record".into());
             let id = i64::from_be_bytes(k.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
             if k.len() == 8 {
-                let ttl = i64::from_be_bytes(v.try_into().map_err(|_| bad())?);
-                leases
-                    .entry(id)
-                    .or_insert_with(|| Lease {
-                        ttl,
-                        keys: BTreeSet::new(),
-                        deadline: None,
-                        revoke_proposed: None,
-                    })
-                    .ttl = ttl;
+                let num = |r: Option<&[u8]>| -> Result<i64> {
+                    Ok(i64::from_be_bytes(
+                        r.ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+                    ))
+                };
+                let ttl = num(v.get(..8))?;
+                // Records written before checkpoints hold the TTL only.
+                let remaining = if v.len() >= 16 { num(v.get(8..16))? } else { 0 };
+                let l = leases.entry(id).or_insert_with(|| Lease {
+                    ttl,
+                    remaining,
+                    keys: BTreeSet::new(),
+                    deadline: None,
+                    revoke_proposed: None,
+                });
+                l.ttl = ttl;
+                l.remaining = remaining;
             } else {
                 leases
                     .entry(id)
                     .or_insert_with(|| Lease {
                         ttl: 0,
+                        remaining: 0,
                         keys: BTreeSet::new(),
                         deadline: None,
                         revoke_proposed: None,
@@ -139,6 +153,7 @@ impl Lessor {
             id,
             Lease {
                 ttl,
+                remaining: 0,
                 keys: BTreeSet::new(),
                 deadline,
                 revoke_proposed: None,
@@ -165,6 +180,56 @@ impl Lessor {
             batch.delete_cf(cf, attachment(id, &k));
         }
         Ok(())
+    }
+
+    /// Apply step: records how long a lease has left (0: its full TTL), for
+    /// the next promotion. The current leader's deadline is not touched.
+    pub fn checkpoint(&self, id: i64, remaining: i64, batch: &mut WriteBatch) {
+        let mut st = self.state();
+        if let Some(l) = st.leases.get_mut(&id) {
+            l.remaining = remaining.max(0);
+            batch.put_cf(
+                self.storage.cf(CF_LEASE),
+                id.to_be_bytes(),
+                record(l.ttl, l.remaining),
+            );
+        }
+    }
+
+    /// Whether a keep-alive of `id` must first clear a checkpoint.
+    pub fn has_checkpoint(&self, id: i64) -> bool {
+        self.state()
+            .leases
+            .get(&id)
+            .is_some_and(|l| l.remaining > 0)
+    }
+
+    /// Leader only: checkpoints worth proposing — every lease whose time
+    /// left (in whole seconds, rounded up) has dropped below what is
+    /// recorded.
+    pub fn due_checkpoints(&self, limit: usize) -> Vec<(i64, i64)> {
+        let st = self.state();
+        if !st.leader {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (id, l) in &st.leases {
+            if out.len() == limit {
+                break;
+            }
+            let Some(deadline) = l.deadline else { continue };
+            // Rounded up: a checkpoint never shortens a lease.
+            let left = deadline
+                .saturating_duration_since(now)
+                .as_millis()
+                .div_ceil(1000) as i64;
+            let recorded = if l.remaining > 0 { l.remaining } else { l.ttl };
+            if left > 0 && left < recorded {
+                out.push((*id, left));
+            }
+        }
+        out
     }
 
     /// Apply step: `key` now belongs to lease `id`.
@@ -194,7 +259,8 @@ impl Lessor {
         st.leader = leader;
         let now = Instant::now();
         for l in st.leases.values_mut() {
-            l.deadline = leader.then(|| now + secs(l.ttl));
+            let left = if l.remaining > 0 { l.remaining } else { l.ttl };
+            l.deadline = leader.then(|| now + secs(left));
             l.revoke_proposed = None;
         }
     }
@@ -267,6 +333,14 @@ impl Leases for Lessor {
     fn exists(&self, id: i64) -> bool {
         self.state().leases.contains_key(&id)
     }
+}
+
+/// A lease's record: TTL and checkpointed remaining TTL.
+fn record(ttl: i64, remaining: i64) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&ttl.to_be_bytes());
+    v[8..].copy_from_slice(&remaining.to_be_bytes());
+    v
 }
 
 fn attachment(id: i64, key: &[u8]) -> Vec<u8> {

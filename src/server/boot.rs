@@ -28,7 +28,8 @@ use crate::lease::Lessor;
 use crate::mvcc::MvccStore;
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer, LeaseRevokeRequest,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, LeaseCheckpoint,
+    LeaseCheckpointRequest, LeaseRevokeRequest,
 };
 use crate::storage::Storage;
 use crate::watch::WatchHub;
@@ -174,12 +175,33 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     Ok(())
 }
 
+/// How often the leader records each lease's time left: after a restart
+/// or a leader change a lease lives at most this much (plus a second of
+/// rounding) longer than its TTL, never shorter.
+const LEASE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The leader's expiry loop: every half second (etcd's pace), leases past
-/// their deadline are revoked through raft, which deletes their keys.
+/// their deadline are revoked through raft, which deletes their keys; every
+/// checkpoint interval, the time left of the others is recorded.
 async fn expire_leases(member: Arc<Member>, lessor: Arc<Lessor>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_checkpoint = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        if last_checkpoint.elapsed() >= LEASE_CHECKPOINT_INTERVAL {
+            last_checkpoint = tokio::time::Instant::now();
+            let due = lessor.due_checkpoints(1000);
+            if !due.is_empty() {
+                let checkpoints = due
+                    .into_iter()
+                    .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                    .collect();
+                let op = Op::LeaseCheckpoint(LeaseCheckpointRequest { checkpoints });
+                if let Err(e) = member.propose(op).await {
+                    tracing::warn!(error = %e, "recording lease checkpoints failed");
+                }
+            }
+        }
         for id in lessor.expired(1000) {
             let member = member.clone();
             tokio::spawn(async move {
