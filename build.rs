@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/mvccpb/kv.proto",
         "proto/authpb/auth.proto",
         "proto/etcdserverpb/rpc.proto",
+        "proto/cairnpb/peer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -37,6 +37,11 @@ fn main() {
             .iter()
             .map(|u| (u.host().to_string(), u.port()))
             .collect(),
+        listen_peer: cfg
+            .listen_peer_urls
+            .iter()
+            .map(|u| (u.host().to_string(), u.port()))
+            .collect(),
         advertise_client_urls: cfg
             .advertise_client_urls
             .iter()

@@ -12,3 +12,7 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+pub mod cairnpb {
+    tonic::include_proto!("cairnpb");
+}

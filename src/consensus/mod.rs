@@ -3,5 +3,6 @@
 pub mod apply_worker;
 pub mod log_store;
 pub mod node;
+pub mod transport;
 
 pub use node::{Command, NodeConfig, RaftHandle, RaftStatus};

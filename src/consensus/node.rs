@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::apply_worker::{self, ApplyMsg};
 use super::log_store::LogStore;
+use super::transport::Transport;
 use crate::apply::{Applier, Response};
 use crate::error::{Error, Result};
 
@@ -34,6 +35,8 @@ pub enum Command {
     /// Answer once this member has applied everything committed before the
     /// request arrived (a linearizable read may then read locally).
     ReadIndex { done: oneshot::Sender<Result<()>> },
+    /// A raft message from a peer.
+    Step(Box<raft::prelude::Message>),
 }
 
 /// Settings of the raft node.
@@ -86,6 +89,7 @@ pub fn start(
     cfg: NodeConfig,
     mut log: LogStore,
     applier: Applier,
+    transport: Transport,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>)> {
     if !log.is_initialized() {
         log.bootstrap(&cfg.initial_voters)?;
@@ -129,6 +133,7 @@ pub fn start(
         .map_err(Error::internal)?;
     let mut driver = Driver {
         node,
+        transport,
         apply: Some(apply_tx),
         cfg,
         status: status.clone(),
@@ -161,6 +166,7 @@ pub fn start(
 
 struct Driver {
     node: RawNode<LogStore>,
+    transport: Transport,
     /// To the apply thread; `None` once shutting down.
     apply: Option<mpsc::Sender<ApplyMsg>>,
     cfg: NodeConfig,
@@ -226,6 +232,13 @@ impl Driver {
                 let _ = self.to_apply(ApplyMsg::Register { id, done });
             }
             Command::ReadIndex { done } => self.pending_reads.push(done),
+            Command::Step(m) => {
+                // Messages from members raft does not know (removed ones,
+                // or stale terms) are refused by raft itself; nothing to do.
+                if let Err(e) = self.node.step(*m) {
+                    tracing::debug!(error = %e, "raft message refused");
+                }
+            }
         }
     }
 
@@ -269,8 +282,9 @@ impl Driver {
                 }
             }
         }
-        // Single-member raft has no peers to message; clustering sends
-        // `rd.take_messages()` here.
+        // Messages that need nothing persisted first (a leader's appends may
+        // go out before its own fsync).
+        self.transport.send(rd.take_messages());
         self.on_read_states(rd.take_read_states())?;
         self.hand_over(rd.take_committed_entries())?;
         let hs = rd.hs().cloned();
@@ -281,12 +295,15 @@ impl Driver {
         if let Some(hs) = &hs {
             self.status.term.store(hs.term, Ordering::SeqCst);
         }
+        // Votes and append answers: only now that their entries are durable.
+        self.transport.send(rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             // Stored before the entries it covers are applied, so the
             // applied index never exceeds the stored commit index.
             self.node.mut_store().set_commit(commit)?;
         }
+        self.transport.send(light.take_messages());
         self.hand_over(light.take_committed_entries())?;
         // For raft-rs, handed over counts as applied: it must not offer
         // these entries again. The real applied index is the apply thread's.

@@ -22,10 +22,12 @@ use crate::api::{
 };
 use crate::apply::Applier;
 use crate::apply::Op;
+use crate::consensus::transport::{PeerService, Transport};
 use crate::consensus::{log_store::LogStore, node, NodeConfig};
 use crate::ids::format_id;
 use crate::lease::Lessor;
 use crate::mvcc::MvccStore;
+use crate::pb::cairnpb::peer_server::PeerServer;
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, LeaseCheckpoint,
@@ -40,6 +42,8 @@ pub struct BootSettings {
     pub data_dir: PathBuf,
     /// host:port pairs to listen on for clients (plain HTTP/2).
     pub listen_client: Vec<(String, u16)>,
+    /// host:port pairs to listen on for peers (when there are any).
+    pub listen_peer: Vec<(String, u16)>,
     pub advertise_client_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_token: String,
@@ -97,7 +101,42 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         },
         log,
         applier,
+        Transport::start(
+            &tokio::runtime::Handle::current(),
+            identity.cluster_id,
+            identity.member_id,
+            identity
+                .members
+                .iter()
+                .filter(|m| m.id != identity.member_id)
+                .filter_map(|m| Some((m.id, m.peer_urls.first()?.clone())))
+                .collect(),
+        ),
     )?;
+    // Peers must reach us before there can be a leader.
+    let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    let mut peer_servers = Vec::new();
+    if identity.members.len() > 1 {
+        for (host, port) in &s.listen_peer {
+            let l = TcpListener::bind((host.as_str(), *port))
+                .await
+                .map_err(|e| anyhow::anyhow!("listen for peers on {host}:{port}: {e}"))?;
+            let service = PeerServer::new(PeerService::new(
+                raft.clone(),
+                identity.cluster_id,
+                identity.member_id,
+            ))
+            .max_decoding_message_size(usize::MAX);
+            let mut stop = peer_stop_rx.clone();
+            let server = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+            tracing::info!(address = %format!("{host}:{port}"), "listening for peers");
+            peer_servers.push(tokio::spawn(server));
+        }
+    }
     raft.wait_ready().await;
     let member = Arc::new(Member::new(
         MemberSettings {
@@ -163,8 +202,9 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     shutdown.await;
     tracing::info!("received stop signal; shutting down");
     let _ = stop_tx.send(true);
+    let _ = peer_stop_tx.send(true);
     expiry.abort();
-    for s in servers {
+    for s in servers.into_iter().chain(peer_servers) {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
     // With the servers gone, the member is the last holder of the raft

@@ -72,6 +72,9 @@ pub struct Server {
     child: Option<Child>,
     /// Extra command-line flags, passed on every (re)start.
     extra_args: Vec<String>,
+    /// `--initial-cluster` of a member of a multi-member cluster; a single
+    /// member names only itself.
+    initial_cluster: Option<String>,
 }
 
 impl Server {
@@ -107,9 +110,50 @@ impl Server {
             dir,
             child: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            initial_cluster: None,
         };
         s.spawn_and_wait();
         s
+    }
+
+    /// Starts an `n`-member cluster on loopback (all members at once, since
+    /// none is ready before a quorum is up) and waits until every member
+    /// knows a leader.
+    pub fn cluster(kind: Kind, n: usize) -> Vec<Server> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Server> = ports
+            .into_iter()
+            .enumerate()
+            .map(|(i, (client_port, peer_port))| {
+                let dir = tempfile::Builder::new()
+                    .prefix(&format!("{}-member-", kind.name()))
+                    .tempdir()
+                    .expect("temp dir");
+                let mut s = Server {
+                    kind,
+                    id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                    name: format!("m{i}"),
+                    client_port,
+                    peer_port,
+                    dir,
+                    child: None,
+                    extra_args: Vec::new(),
+                    initial_cluster: Some(initial.clone()),
+                };
+                s.spawn();
+                s
+            })
+            .collect();
+        for m in &mut members {
+            m.wait_ready();
+        }
+        members
     }
 
     pub fn kind(&self) -> Kind {
@@ -171,7 +215,12 @@ impl Server {
             format!("--advertise-client-urls={client}"),
             format!("--listen-peer-urls={peer}"),
             format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster={}={peer}", self.name),
+            format!(
+                "--initial-cluster={}",
+                self.initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={peer}", self.name))
+            ),
             "--initial-cluster-token=cairn-test".to_string(),
         ];
         if self.kind == Kind::Etcd {
@@ -183,6 +232,11 @@ impl Server {
     }
 
     fn spawn_and_wait(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
         let bin = match self.kind {
             Kind::Cairn => CAIRN_BIN,
             Kind::Etcd => ETCD_BIN,
@@ -206,7 +260,6 @@ impl Server {
             .unwrap()
             .insert(self.id, (child.id(), self.dir.path().to_path_buf()));
         self.child = Some(child);
-        self.wait_ready();
     }
 
     /// Polls `Maintenance.Status` until it answers with a leader.
