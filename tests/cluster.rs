@@ -67,18 +67,26 @@ async fn writer(
     }
 }
 
-/// Everything under `cl/` as a linearizable read on `endpoint` sees it.
+/// Everything under `cl/` as a linearizable read on `endpoint` sees it
+/// (retried while the cluster has no leader).
 async fn contents(endpoint: &str) -> BTreeMap<String, i64> {
-    let mut kv = KvClient::new(channel(endpoint).await.expect("connect"));
-    let r = kv
-        .range(RangeRequest {
+    let start = Instant::now();
+    let r = loop {
+        let mut kv = KvClient::new(channel(endpoint).await.expect("connect"));
+        let req = RangeRequest {
             key: b"cl/".to_vec(),
             range_end: b"cl0".to_vec(),
             ..Default::default()
-        })
-        .await
-        .expect("linearizable range")
-        .into_inner();
+        };
+        match kv.range(req).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                eprintln!("linearizable range on {endpoint}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("linearizable range on {endpoint}: {e}"),
+        }
+    };
     r.kvs
         .into_iter()
         .map(|kv| (String::from_utf8(kv.key).unwrap(), kv.mod_revision))
@@ -178,4 +186,82 @@ async fn leader_kill9_under_writes_loses_nothing() {
         "3 members: {} acknowledged writes ({before_kill} before the kill), new leader {new_leader:x} after {election:?}; stores identical",
         acked.len()
     );
+}
+
+/// Leases across members: granted through a follower, kept alive through
+/// every member (followers forward to the leader), still there after the
+/// leader dies, and expired by the new leader — on every member alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_follow_the_leader() {
+    use cairn::pb::etcdserverpb::lease_client::LeaseClient;
+    use cairn::pb::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest};
+    use tokio_stream::StreamExt;
+
+    let mut members = Server::cluster(Kind::Cairn, 3);
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for m in &members {
+        let (id, l) = status(&m.endpoint()).await.expect("status");
+        ids.push(id);
+        leader = l;
+    }
+    let leader_at = ids.iter().position(|id| *id == leader).unwrap();
+    let follower = (leader_at + 1) % 3;
+    let ch = channel(&members[follower].endpoint()).await.unwrap();
+    const TTL: i64 = 5;
+    let granted = Instant::now();
+    let id = LeaseClient::new(ch.clone())
+        .lease_grant(LeaseGrantRequest { ttl: TTL, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    KvClient::new(ch)
+        .put(PutRequest {
+            key: b"cl/leased".to_vec(),
+            value: b"v".to_vec(),
+            lease: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for m in &members {
+        let mut lease = LeaseClient::new(channel(&m.endpoint()).await.unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut answers = lease
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+        let ttl = answers.next().await.unwrap().unwrap().ttl;
+        assert_eq!(ttl, TTL, "keep-alive through {}", m.endpoint());
+    }
+    members[leader_at].kill9();
+    let killed = Instant::now();
+    // The key stays at least a TTL after the last keep-alive, then goes
+    // from every survivor.
+    let survivors: Vec<String> = (0..3)
+        .filter(|i| *i != leader_at)
+        .map(|i| members[i].endpoint())
+        .collect();
+    loop {
+        let mut present = 0;
+        for e in &survivors {
+            present += contents(e).await.contains_key("cl/leased") as usize;
+        }
+        if present == 0 {
+            assert!(
+                killed.elapsed() >= Duration::from_secs(TTL as u64) - Duration::from_millis(500),
+                "lease expired {:?} after the leader died (TTL {TTL}s)",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            granted.elapsed() < Duration::from_secs(30),
+            "lease never expired after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -12,6 +12,8 @@ use super::{check_leader, ResponseStream};
 use crate::apply::{self, Op};
 use crate::error::Error;
 use crate::lease::Lessor;
+use crate::pb::cairnpb::peer_client::PeerClient;
+use crate::pb::cairnpb::LeaseRenewRequest;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
@@ -85,22 +87,13 @@ impl Lease for LeaseService {
         let lessor = self.lessor.clone();
         tokio::spawn(async move {
             while let Ok(Some(r)) = inbound.message().await {
-                if lessor.has_checkpoint(r.id) {
-                    // The recorded time left would shorten the renewed
-                    // lease after a restart: clear it first (as etcd does).
-                    let cp = LeaseCheckpointRequest {
-                        checkpoints: vec![LeaseCheckpoint {
-                            id: r.id,
-                            remaining_ttl: 0,
-                        }],
-                    };
-                    if let Err(e) = member.propose(Op::LeaseCheckpoint(cp)).await {
-                        let _ = tx.send(Err(e.status())).await;
+                let ttl = match renew(&member, &lessor, r.id).await {
+                    Ok(ttl) => ttl,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
-                }
-                // An unknown or expired lease answers TTL 0, as in etcd.
-                let ttl = lessor.renew(r.id).unwrap_or(0);
+                };
                 let resp = LeaseKeepAliveResponse {
                     header: Some(member.header(member.store().current_revision())),
                     id: r.id,
@@ -156,4 +149,49 @@ impl Lease for LeaseService {
             leases,
         }))
     }
+}
+
+/// A keep-alive: carried out by the leader (where lease deadlines live),
+/// forwarded to it from a follower.
+async fn renew(member: &Member, lessor: &Lessor, id: i64) -> Result<i64, Status> {
+    if member.is_leader() || member.members.len() == 1 {
+        return renew_on_leader(member, lessor, id).await;
+    }
+    let url = member
+        .leader_peer_url()
+        .ok_or_else(|| Error::NoLeader.status())?;
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|_| Error::LeaderChanged.status())?;
+    let resp = PeerClient::new(channel)
+        .lease_renew(LeaseRenewRequest {
+            cluster_id: member.cluster_id,
+            id,
+        })
+        .await?;
+    Ok(resp.into_inner().ttl)
+}
+
+/// The leader's side of a keep-alive. A lease with a checkpoint of its time
+/// left first has it cleared through raft — the checkpoint would otherwise
+/// shorten the renewed lease at the next restart (etcd does the same).
+/// An unknown or expired lease answers TTL 0, as in etcd.
+pub async fn renew_on_leader(member: &Member, lessor: &Lessor, id: i64) -> Result<i64, Status> {
+    if !member.is_leader() {
+        // Leadership moved while the keep-alive was on its way.
+        return Err(Error::LeaderChanged.status());
+    }
+    if lessor.has_checkpoint(id) {
+        let cp = LeaseCheckpointRequest {
+            checkpoints: vec![LeaseCheckpoint {
+                id,
+                remaining_ttl: 0,
+            }],
+        };
+        member.propose(Op::LeaseCheckpoint(cp)).await?;
+    }
+    Ok(lessor.renew(id).unwrap_or(0))
 }

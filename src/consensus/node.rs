@@ -23,6 +23,9 @@ use super::transport::Transport;
 use crate::apply::{Applier, Response};
 use crate::error::{Error, Result};
 
+/// How long a ReadIndex round may go unanswered before it is asked again.
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+
 /// A request for the raft thread.
 pub enum Command {
     /// Replicate `data` (an encoded `apply::Request` carrying `id`) and
@@ -174,8 +177,9 @@ struct Driver {
     ready: watch::Sender<bool>,
     /// Reads that arrived since the last ReadIndex round.
     pending_reads: Vec<oneshot::Sender<Result<()>>>,
-    /// ReadIndex rounds sent to raft, by context.
-    reads_in_flight: HashMap<u64, Vec<oneshot::Sender<Result<()>>>>,
+    /// ReadIndex rounds sent to raft, by context, with when they were last
+    /// sent.
+    reads_in_flight: HashMap<u64, (Instant, Vec<oneshot::Sender<Result<()>>>)>,
     next_read_ctx: u64,
 }
 
@@ -201,6 +205,7 @@ impl Driver {
                     next_tick = Instant::now() + self.cfg.tick;
                 }
                 self.drop_abandoned();
+                self.resend_reads();
             }
             self.start_read_round();
             self.on_ready()?;
@@ -251,13 +256,28 @@ impl Driver {
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         self.node.read_index(ctx.to_be_bytes().to_vec());
-        self.reads_in_flight
-            .insert(ctx, std::mem::take(&mut self.pending_reads));
+        self.reads_in_flight.insert(
+            ctx,
+            (Instant::now(), std::mem::take(&mut self.pending_reads)),
+        );
+    }
+
+    /// A ReadIndex round on its way to a leader that died is lost: ask
+    /// again every half second (etcd's pace) until one is answered or the
+    /// clients give up.
+    fn resend_reads(&mut self) {
+        let now = Instant::now();
+        for (ctx, (sent, _)) in self.reads_in_flight.iter_mut() {
+            if now.duration_since(*sent) >= READ_INDEX_RETRY {
+                *sent = now;
+                self.node.read_index(ctx.to_be_bytes().to_vec());
+            }
+        }
     }
 
     /// Forgets reads whose clients gave up (timed out).
     fn drop_abandoned(&mut self) {
-        self.reads_in_flight.retain(|_, ws| {
+        self.reads_in_flight.retain(|_, (_, ws)| {
             ws.retain(|w| !w.is_closed());
             !ws.is_empty()
         });
@@ -343,7 +363,7 @@ impl Driver {
             let Ok(ctx) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
             };
-            if let Some(waiters) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
+            if let Some((_, waiters)) = self.reads_in_flight.remove(&u64::from_be_bytes(ctx)) {
                 self.to_apply(ApplyMsg::ReadReady {
                     index: rs.index,
                     waiters,

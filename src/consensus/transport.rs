@@ -1,5 +1,5 @@
 //! Raft messages between members: a gRPC client stream per peer for what
-//! this member sends, and the `Peer` service for what it receives.
+//! this member sends (what it receives arrives through `server::peer`).
 //!
 //! **Invariant:** sending never blocks the raft thread: messages go into a
 //! bounded queue per peer and are dropped when it is full or the peer is
@@ -8,16 +8,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::pb::cairnpb::peer_client::PeerClient;
+use crate::pb::cairnpb::RaftBatch;
 use protobuf::Message as _;
 use raft::prelude::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-
-use super::node::{Command, RaftHandle};
-use crate::pb::cairnpb::peer_client::PeerClient;
-use crate::pb::cairnpb::peer_server::Peer;
-use crate::pb::cairnpb::{RaftAck, RaftBatch};
 
 /// Messages queued for one peer at most.
 const PEER_QUEUE: usize = 4096;
@@ -117,51 +113,5 @@ async fn send_loop(
         }
         drop(tx);
         let _ = call.await;
-    }
-}
-
-/// The receiving side: the `Peer` gRPC service on the peer URLs.
-pub struct PeerService {
-    raft: RaftHandle,
-    cluster_id: u64,
-    member: u64,
-}
-
-impl PeerService {
-    pub fn new(raft: RaftHandle, cluster_id: u64, member: u64) -> PeerService {
-        PeerService {
-            raft,
-            cluster_id,
-            member,
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn raft(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
-        let mut stream = req.into_inner();
-        while let Some(batch) = stream.message().await? {
-            if batch.cluster_id != self.cluster_id {
-                return Err(Status::failed_precondition(format!(
-                    "cluster ID mismatch: ours is {:x}, member {:x} sent {:x}",
-                    self.cluster_id, batch.from, batch.cluster_id
-                )));
-            }
-            if batch.to != self.member {
-                return Err(Status::failed_precondition(format!(
-                    "member ID mismatch: this is {:x}, the batch is for {:x}",
-                    self.member, batch.to
-                )));
-            }
-            for raw in batch.messages {
-                let m = Message::parse_from_bytes(&raw)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.raft
-                    .send(Command::Step(Box::new(m)))
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
-            }
-        }
-        Ok(Response::new(RaftAck {}))
     }
 }

@@ -269,6 +269,9 @@ impl Lessor {
     /// exist or has already expired (its revoke is on the way).
     pub fn renew(&self, id: i64) -> Option<i64> {
         let mut st = self.state();
+        if !st.leader {
+            return None;
+        }
         let now = Instant::now();
         let l = st.leases.get_mut(&id)?;
         match l.deadline {

@@ -15,6 +15,7 @@ use tokio_stream::StreamExt;
 use super::authority_repair;
 
 use super::identity::{Identity, InitialMember};
+use super::peer::PeerService;
 use super::{Member, MemberSettings};
 use crate::api::{
     cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
@@ -22,7 +23,7 @@ use crate::api::{
 };
 use crate::apply::Applier;
 use crate::apply::Op;
-use crate::consensus::transport::{PeerService, Transport};
+use crate::consensus::transport::Transport;
 use crate::consensus::{log_store::LogStore, node, NodeConfig};
 use crate::ids::format_id;
 use crate::lease::Lessor;
@@ -115,6 +116,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     )?;
     // Peers must reach us before there can be a leader.
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
+    let (member_tx, member_rx) = tokio::sync::watch::channel(None);
     let mut peer_servers = Vec::new();
     if identity.members.len() > 1 {
         for (host, port) in &s.listen_peer {
@@ -125,6 +127,8 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
                 raft.clone(),
                 identity.cluster_id,
                 identity.member_id,
+                member_rx.clone(),
+                lessor.clone(),
             ))
             .max_decoding_message_size(usize::MAX);
             let mut stop = peer_stop_rx.clone();
@@ -151,6 +155,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         store,
         storage,
     ));
+    member_tx.send_replace(Some(member.clone()));
 
     let mut listeners = Vec::new();
     for (host, port) in &s.listen_client {
@@ -209,6 +214,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     }
     // With the servers gone, the member is the last holder of the raft
     // handle: dropping it ends the raft thread, which closes the database.
+    member_tx.send_replace(None);
     drop(member);
     let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
     tracing::info!("stopped");

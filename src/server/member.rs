@@ -102,6 +102,22 @@ impl Member {
         self.raft.status.leader.load(Ordering::SeqCst) != 0
     }
 
+    pub fn is_leader(&self) -> bool {
+        self.raft.status.is_leader.load(Ordering::SeqCst)
+    }
+
+    /// The current leader's peer URL, when there is a leader other than us.
+    pub fn leader_peer_url(&self) -> Option<String> {
+        let leader = self.raft.status.leader.load(Ordering::SeqCst);
+        if leader == 0 || leader == self.id {
+            return None;
+        }
+        self.members
+            .iter()
+            .find(|m| m.id == leader)
+            .and_then(|m| m.peer_urls.first().cloned())
+    }
+
     /// A response header as etcd fills it.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         ResponseHeader {

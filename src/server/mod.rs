@@ -9,3 +9,4 @@ pub use member::{Member, MemberInfo, MemberSettings};
 pub mod authority_repair;
 pub mod boot;
 pub mod identity;
+pub mod peer;
