@@ -23,6 +23,9 @@ use super::transport::Transport;
 use crate::apply::{Applier, Response};
 use crate::error::{Error, Result};
 
+/// Linearizable reads waiting for one ReadIndex round.
+type ReadWaiters = Vec<oneshot::Sender<Result<()>>>;
+
 /// How long a ReadIndex round may go unanswered before it is asked again.
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
@@ -176,10 +179,10 @@ struct Driver {
     status: Arc<RaftStatus>,
     ready: watch::Sender<bool>,
     /// Reads that arrived since the last ReadIndex round.
-    pending_reads: Vec<oneshot::Sender<Result<()>>>,
+    pending_reads: ReadWaiters,
     /// ReadIndex rounds sent to raft, by context, with when they were last
     /// sent.
-    reads_in_flight: HashMap<u64, (Instant, Vec<oneshot::Sender<Result<()>>>)>,
+    reads_in_flight: HashMap<u64, (Instant, ReadWaiters)>,
     next_read_ctx: u64,
 }
 
