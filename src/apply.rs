@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::kv::write;
 use crate::lease::Lessor;
+use crate::membership::Membership;
 use crate::mvcc::{MvccStore, WriteOutcome};
+use crate::pb::etcdserverpb::Member as PbMember;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
@@ -35,7 +37,7 @@ pub struct Request {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub member: u64,
-    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub op: Option<Op>,
 }
 
@@ -55,6 +57,9 @@ pub enum Op {
     LeaseRevoke(LeaseRevokeRequest),
     #[prost(message, tag = "9")]
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// A member's name and client URLs (etcd's member attributes).
+    #[prost(message, tag = "10")]
+    PublishMember(PbMember),
 }
 
 /// The result of applying one request, for the client that sent it.
@@ -68,6 +73,7 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint,
+    PublishMember,
 }
 
 /// An applied request and whom to tell.
@@ -82,6 +88,7 @@ pub struct Applier {
     store: Arc<MvccStore>,
     lessor: Arc<Lessor>,
     hub: Arc<WatchHub>,
+    membership: Arc<Membership>,
     applied: u64,
 }
 
@@ -91,6 +98,7 @@ impl Applier {
         store: Arc<MvccStore>,
         lessor: Arc<Lessor>,
         hub: Arc<WatchHub>,
+        membership: Arc<Membership>,
     ) -> Result<Applier> {
         let applied = storage
             .db()
@@ -102,6 +110,7 @@ impl Applier {
             store,
             lessor,
             hub,
+            membership,
             applied,
         })
     }
@@ -166,6 +175,14 @@ impl Applier {
             Op::LeaseGrant(g) => {
                 drop(w);
                 return self.lease_grant(index, g);
+            }
+            Op::PublishMember(m) => {
+                drop(w);
+                let mut batch = WriteBatch::default();
+                self.membership
+                    .set_attributes(m.id, &m.name, &m.client_ur_ls, &mut batch);
+                self.commit(index, batch)?;
+                return Ok(Response::PublishMember);
             }
             Op::LeaseCheckpoint(c) => {
                 drop(w);

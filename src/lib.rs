@@ -9,6 +9,7 @@ pub mod error;
 pub mod ids;
 pub mod kv;
 pub mod lease;
+pub mod membership;
 pub mod mvcc;
 pub mod pb;
 pub mod server;

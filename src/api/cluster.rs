@@ -1,5 +1,5 @@
-//! The Cluster service. A single member lists itself; adding, removing and
-//! promoting members come with clustering.
+//! The Cluster service: the member list (adding, removing and promoting
+//! members come next).
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::check_leader;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
-use crate::pb::etcdserverpb::{Member as PbMember, MemberListRequest, MemberListResponse};
+use crate::pb::etcdserverpb::{MemberListRequest, MemberListResponse};
 use crate::server::Member;
 
 pub struct ClusterService {
@@ -29,15 +29,10 @@ impl Cluster for ClusterService {
         check_leader(&self.member, &req)?;
         let members = self
             .member
-            .members
+            .membership
+            .list()
             .iter()
-            .map(|m| PbMember {
-                id: m.id,
-                name: m.name.clone(),
-                peer_ur_ls: m.peer_urls.clone(),
-                client_ur_ls: m.client_urls.clone(),
-                is_learner: m.is_learner,
-            })
+            .map(crate::membership::to_pb)
             .collect();
         // etcd's Cluster responses carry no revision.
         Ok(Response::new(MemberListResponse {

@@ -154,7 +154,7 @@ impl Lease for LeaseService {
 /// A keep-alive: carried out by the leader (where lease deadlines live),
 /// forwarded to it from a follower.
 async fn renew(member: &Member, lessor: &Lessor, id: i64) -> Result<i64, Status> {
-    if member.is_leader() || member.members.len() == 1 {
+    if member.is_leader() || member.membership.list().len() == 1 {
         return renew_on_leader(member, lessor, id).await;
     }
     let url = member

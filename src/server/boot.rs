@@ -27,6 +27,7 @@ use crate::consensus::transport::Transport;
 use crate::consensus::{log_store::LogStore, node, NodeConfig};
 use crate::ids::format_id;
 use crate::lease::Lessor;
+use crate::membership::Membership;
 use crate::mvcc::MvccStore;
 use crate::pb::cairnpb::peer_server::PeerServer;
 use crate::pb::etcdserverpb::{
@@ -69,7 +70,6 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         &s.name,
         &s.initial_cluster,
         &s.initial_cluster_token,
-        &s.advertise_client_urls,
     )?;
     tracing::info!(
         name = %s.name,
@@ -90,7 +90,14 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         min_ttl_ms.div_ceil(1000).max(1) as i64,
     )?);
     let hub = WatchHub::new(store.clone());
-    let applier = Applier::open(storage.clone(), store.clone(), lessor.clone(), hub.clone())?;
+    let membership = Membership::open(storage.clone(), identity.members.clone())?;
+    let applier = Applier::open(
+        storage.clone(),
+        store.clone(),
+        lessor.clone(),
+        hub.clone(),
+        membership.clone(),
+    )?;
     let log = LogStore::open(storage.clone())?;
     let (raft, raft_thread) = node::start(
         NodeConfig {
@@ -146,7 +153,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         MemberSettings {
             id: identity.member_id,
             cluster_id: identity.cluster_id,
-            members: identity.members,
+            membership: membership.clone(),
             max_request_bytes: s.max_request_bytes,
             max_txn_ops: s.max_txn_ops,
             election_timeout: s.election_timeout,
@@ -156,6 +163,8 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         storage,
     ));
     member_tx.send_replace(Some(member.clone()));
+    // As etcd: clients are served once the cluster knows our client URLs.
+    publish_attributes(&member, &s.name, &s.advertise_client_urls).await;
 
     let mut listeners = Vec::new();
     for (host, port) in &s.listen_client {
@@ -203,6 +212,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         servers.push(tokio::spawn(server));
     }
     let expiry = tokio::spawn(expire_leases(member.clone(), lessor.clone()));
+
     tracing::info!("ready to serve client requests");
     shutdown.await;
     tracing::info!("received stop signal; shutting down");
@@ -257,6 +267,27 @@ async fn expire_leases(member: Arc<Member>, lessor: Arc<Lessor>) {
                     tracing::warn!(lease = id, error = %e, "revoking an expired lease failed");
                 }
             });
+        }
+    }
+}
+
+/// Tells the cluster this member's name and client URLs (through raft, as
+/// etcd's members publish their attributes), until it has them.
+async fn publish_attributes(member: &Member, name: &str, client_urls: &[String]) {
+    loop {
+        let known = member.membership.get(member.id);
+        if known.is_some_and(|m| m.name == name && m.client_urls == client_urls) {
+            return;
+        }
+        let op = Op::PublishMember(crate::pb::etcdserverpb::Member {
+            id: member.id,
+            name: name.to_string(),
+            client_ur_ls: client_urls.to_vec(),
+            ..Default::default()
+        });
+        if let Err(e) = member.propose(op).await {
+            tracing::warn!(error = %e, "publishing member attributes failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

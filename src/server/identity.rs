@@ -4,9 +4,9 @@
 
 use prost::Message;
 
-use super::MemberInfo;
 use crate::error::{Error, Result};
 use crate::ids;
+use crate::membership::{from_pb, to_pb, MemberInfo};
 use crate::pb::etcdserverpb::Member as PbMember;
 use crate::storage::{Storage, CF_META};
 
@@ -45,7 +45,6 @@ impl Identity {
         name: &str,
         initial_cluster: &[InitialMember],
         token: &str,
-        client_urls: &[String],
     ) -> Result<Identity> {
         let meta = storage.cf(CF_META);
         if let Some(raw) = storage.db().get_cf(meta, META_IDENTITY)? {
@@ -63,13 +62,8 @@ impl Identity {
                 id: ids::member_id(&m.peer_urls, token),
                 name: m.name.clone(),
                 peer_urls: m.peer_urls.clone(),
-                // Other members' client URLs are learnt when they publish
-                // them; ours we know.
-                client_urls: if m.name == name {
-                    client_urls.to_vec()
-                } else {
-                    Vec::new()
-                },
+                // Learnt when each member publishes them, this one too.
+                client_urls: Vec::new(),
                 is_learner: false,
             })
             .collect();
@@ -99,25 +93,5 @@ impl Identity {
         batch.put_cf(meta, META_IDENTITY, stored.encode_to_vec());
         storage.write(batch, true)?;
         Ok(identity)
-    }
-}
-
-fn to_pb(m: &MemberInfo) -> PbMember {
-    PbMember {
-        id: m.id,
-        name: m.name.clone(),
-        peer_ur_ls: m.peer_urls.clone(),
-        client_ur_ls: m.client_urls.clone(),
-        is_learner: m.is_learner,
-    }
-}
-
-fn from_pb(m: PbMember) -> MemberInfo {
-    MemberInfo {
-        id: m.id,
-        name: m.name,
-        peer_urls: m.peer_ur_ls,
-        client_urls: m.client_ur_ls,
-        is_learner: m.is_learner,
     }
 }

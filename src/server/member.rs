@@ -8,24 +8,15 @@ use tokio::sync::oneshot;
 use crate::apply::{Op, Request, Response};
 use crate::consensus::{Command, RaftHandle};
 use crate::error::{Error, Result};
+use crate::membership::Membership;
 use crate::mvcc::MvccStore;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::storage::Storage;
 
-/// A member of the cluster as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberInfo {
-    pub id: u64,
-    pub name: String,
-    pub peer_urls: Vec<String>,
-    pub client_urls: Vec<String>,
-    pub is_learner: bool,
-}
-
 pub struct Member {
     pub id: u64,
     pub cluster_id: u64,
-    pub members: Vec<MemberInfo>,
+    pub membership: Arc<Membership>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     raft: RaftHandle,
@@ -39,7 +30,7 @@ pub struct Member {
 pub struct MemberSettings {
     pub id: u64,
     pub cluster_id: u64,
-    pub members: Vec<MemberInfo>,
+    pub membership: Arc<Membership>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub election_timeout: Duration,
@@ -62,7 +53,7 @@ impl Member {
         Member {
             id: settings.id,
             cluster_id: settings.cluster_id,
-            members: settings.members,
+            membership: settings.membership,
             max_request_bytes: settings.max_request_bytes,
             max_txn_ops: settings.max_txn_ops,
             raft,
@@ -112,9 +103,8 @@ impl Member {
         if leader == 0 || leader == self.id {
             return None;
         }
-        self.members
-            .iter()
-            .find(|m| m.id == leader)
+        self.membership
+            .get(leader)
             .and_then(|m| m.peer_urls.first().cloned())
     }
 

@@ -4,7 +4,8 @@
 
 mod member;
 
-pub use member::{Member, MemberInfo, MemberSettings};
+pub use crate::membership::MemberInfo;
+pub use member::{Member, MemberSettings};
 
 pub mod authority_repair;
 pub mod boot;
