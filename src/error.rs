@@ -48,6 +48,12 @@ pub enum Error {
     MemberNotFound,
     #[error("etcdserver: not capable")]
     NotCapable,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     /// A failure of our own (storage I/O, a corrupt record). etcd answers
     /// those with codes.Unknown and the underlying text; so do we, and the
     /// member logs it.
@@ -66,7 +72,8 @@ impl Error {
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
-            NotCapable | LeaseExists => Code::FailedPrecondition,
+            NotCapable | LeaseExists | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
+            LeaderTransferTimeout => Code::Unavailable,
             LeaseTtlTooLarge => Code::OutOfRange,
             Internal(_) => Code::Unknown,
         }

@@ -265,3 +265,70 @@ async fn leases_follow_the_leader() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// MoveLeader as etcd: only the leader hands over, only to a member, and
+/// the call returns once the new leader leads. Then every member stops
+/// cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_then_clean_stop() {
+    use cairn::pb::etcdserverpb::MoveLeaderRequest;
+
+    let mut members = Server::cluster(Kind::Cairn, 3);
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for m in &members {
+        let (id, l) = status(&m.endpoint()).await.expect("status");
+        ids.push(id);
+        leader = l;
+    }
+    let leader_at = ids.iter().position(|id| *id == leader).unwrap();
+    let target_at = (leader_at + 1) % 3;
+    let maintenance = |i: usize| {
+        let e = members[i].endpoint();
+        async move { MaintenanceClient::new(channel(&e).await.unwrap()) }
+    };
+    let err = maintenance(target_at)
+        .await
+        .move_leader(MoveLeaderRequest {
+            target_id: ids[leader_at],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: not leader");
+    let err = maintenance(leader_at)
+        .await
+        .move_leader(MoveLeaderRequest { target_id: 0xdead })
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), "etcdserver: bad leader transferee");
+    maintenance(leader_at)
+        .await
+        .move_leader(MoveLeaderRequest {
+            target_id: ids[target_at],
+        })
+        .await
+        .expect("move leader");
+    for m in &members {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, l) = status(&m.endpoint()).await.expect("status");
+            if l == ids[target_at] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} still sees {l:x}",
+                m.endpoint()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for m in &mut members {
+        let status = m.terminate(Duration::from_secs(15));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "SIGTERM: {status:?}; log:\n{}",
+            m.log_tail(20)
+        );
+    }
+}

@@ -7,7 +7,10 @@ use tonic::{Request, Response, Status};
 
 use super::check_leader;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
-use crate::pb::etcdserverpb::{AlarmRequest, AlarmResponse, StatusRequest, StatusResponse};
+use crate::pb::etcdserverpb::{
+    AlarmRequest, AlarmResponse, MoveLeaderRequest, MoveLeaderResponse, StatusRequest,
+    StatusResponse,
+};
 use crate::server::Member;
 
 pub struct MaintenanceService {
@@ -43,6 +46,18 @@ impl Maintenance for MaintenanceService {
             db_size_in_use,
             is_learner: false,
             ..Default::default()
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        check_leader(&self.member, &req)?;
+        self.member.move_leader(req.into_inner().target_id).await?;
+        let rev = self.member.store().current_revision();
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.member.header(rev)),
         }))
     }
 

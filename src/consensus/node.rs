@@ -43,6 +43,10 @@ pub enum Command {
     ReadIndex { done: oneshot::Sender<Result<()>> },
     /// A raft message from a peer.
     Step(Box<raft::prelude::Message>),
+    /// Hand leadership to another voter (the caller watches for it).
+    TransferLeader { to: u64 },
+    /// Shut down: the raft thread stops after what it has in hand.
+    Stop,
 }
 
 /// Settings of the raft node.
@@ -89,8 +93,9 @@ impl RaftHandle {
     }
 }
 
-/// Starts the raft thread. It runs until every [`RaftHandle`] is dropped;
-/// join the returned thread to know it has let go of the database.
+/// Starts the raft thread. It runs until told to [`Command::Stop`] (or every
+/// [`RaftHandle`] is dropped); join the returned thread to know it has let
+/// go of the database.
 pub fn start(
     cfg: NodeConfig,
     mut log: LogStore,
@@ -192,6 +197,7 @@ impl Driver {
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
+                Ok(Command::Stop) => return Ok(()),
                 Ok(cmd) => self.handle(cmd),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
@@ -199,6 +205,9 @@ impl Driver {
             // Group commit: everything that queued up while we were busy
             // (usually fsyncing) goes into the next Ready, and one fsync.
             while let Ok(cmd) = rx.try_recv() {
+                if matches!(cmd, Command::Stop) {
+                    return Ok(());
+                }
                 self.handle(cmd);
             }
             if Instant::now() >= next_tick {
@@ -240,6 +249,8 @@ impl Driver {
                 let _ = self.to_apply(ApplyMsg::Register { id, done });
             }
             Command::ReadIndex { done } => self.pending_reads.push(done),
+            Command::TransferLeader { to } => self.node.transfer_leader(to),
+            Command::Stop => {}
             Command::Step(m) => {
                 // Messages from members raft does not know (removed ones,
                 // or stale terms) are refused by raft itself; nothing to do.

@@ -219,14 +219,31 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = stop_tx.send(true);
     let _ = peer_stop_tx.send(true);
     expiry.abort();
-    for s in servers.into_iter().chain(peer_servers) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    // Long-lived streams (watches, peers' raft streams) never end on their
+    // own: give in-flight calls a moment, then cut the rest.
+    for mut s in servers.into_iter().chain(peer_servers) {
+        if tokio::time::timeout(Duration::from_secs(2), &mut s)
+            .await
+            .is_err()
+        {
+            s.abort();
+            let _ = s.await;
+        }
     }
-    // With the servers gone, the member is the last holder of the raft
-    // handle: dropping it ends the raft thread, which closes the database.
+    // Connections still open hold raft handles too: stop the raft thread
+    // explicitly (it then ends the apply thread, which closes the database)
+    // rather than waiting for every handle to go.
     member_tx.send_replace(None);
+    let _ = member.raft().send(crate::consensus::Command::Stop);
     drop(member);
-    let _ = tokio::task::spawn_blocking(move || raft_thread.join()).await;
+    let joined = tokio::task::spawn_blocking(move || raft_thread.join());
+    if tokio::time::timeout(Duration::from_secs(5), joined)
+        .await
+        .is_err()
+    {
+        // Everything acknowledged is in the synced raft log already.
+        tracing::warn!("raft thread still busy at shutdown; exiting anyway");
+    }
     tracing::info!("stopped");
     Ok(())
 }

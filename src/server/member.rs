@@ -139,6 +139,29 @@ impl Member {
         }
     }
 
+    /// Hands leadership to member `to` (etcd's MoveLeader): only the leader
+    /// can, only to another member; returns once `to` leads.
+    pub async fn move_leader(&self, to: u64) -> Result<()> {
+        if !self.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        if self.membership.get(to).is_none_or(|m| m.is_learner) {
+            return Err(Error::BadLeaderTransferee);
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        self.raft.send(Command::TransferLeader { to })?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        while self.raft.status.leader.load(Ordering::SeqCst) != to {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::LeaderTransferTimeout);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// Returns once a read on this member would see every write committed
     /// before the call (raft's ReadIndex, shared with concurrent reads).
     pub async fn read_barrier(&self) -> Result<()> {

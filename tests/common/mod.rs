@@ -189,6 +189,29 @@ impl Server {
         }
     }
 
+    /// SIGTERM the server and wait (up to `within`) for it to exit; its exit
+    /// status, or `None` if it had to be killed.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                break Some(s);
+            }
+            if start.elapsed() > within {
+                let _ = c.kill();
+                let _ = c.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        registry().lock().unwrap().remove(&self.id);
+        status
+    }
+
     /// SIGKILL the server and reap it. The data dir is kept.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
