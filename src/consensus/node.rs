@@ -105,6 +105,11 @@ pub fn start(
     if !log.is_initialized() {
         log.bootstrap(&cfg.initial_voters)?;
     }
+    // Only committed entries are applied, so the applied index is known to
+    // be committed even when a crash lost the (unsynced) commit index.
+    if applier.applied_index() > log.hard_state().commit {
+        log.set_commit(applier.applied_index())?;
+    }
     let raft_cfg = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -320,12 +325,15 @@ impl Driver {
         // go out before its own fsync).
         self.transport.send(rd.take_messages());
         self.on_read_states(rd.take_read_states())?;
-        self.hand_over(rd.take_committed_entries())?;
+        let committed = rd.take_committed_entries();
         let hs = rd.hs().cloned();
         let entries = rd.take_entries();
         if !entries.is_empty() || hs.is_some() {
             self.node.mut_store().append(&entries, hs.as_ref())?;
         }
+        // After the hard state that commits them is stored: the applied
+        // index must never run ahead of the stored commit index.
+        self.hand_over(committed)?;
         if let Some(hs) = &hs {
             self.status.term.store(hs.term, Ordering::SeqCst);
         }
