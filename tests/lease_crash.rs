@@ -73,7 +73,7 @@ use cairn::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
     LeaseTimeToLiveRequest, PutRequest, RangeRequest,
 };
-use common::{Kind, Server};
+use common::{Kind, Rng, Server};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -90,31 +90,7 @@ const PREFIX_END: &[u8] = b"lc0";
 const KEEP_ID: i64 = 0x7000_0000_0000_0001;
 
 fn target() -> Kind {
-    match std::env::var("CAIRN_ORACLE_TARGET").as_deref() {
-        Ok("etcd") => Kind::Etcd,
-        Ok("cairn") | Ok("") | Err(_) => Kind::Cairn,
-        Ok(other) => panic!("CAIRN_ORACLE_TARGET={other}: expected cairn or etcd"),
-    }
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+    common::oracle_target()
 }
 
 async fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {

@@ -137,7 +137,7 @@ use cairn::pb::etcdserverpb::{
 };
 use cairn::pb::mvccpb::event::EventType;
 use cairn::pb::mvccpb::{Event, KeyValue};
-use common::{Kind, Server};
+use common::{Kind, Rng, Server};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -152,39 +152,12 @@ const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
 const KEY_NOT_FOUND: &str = "etcdserver: key not found";
 
 fn target() -> Kind {
-    match std::env::var("CAIRN_ORACLE_TARGET").as_deref() {
-        Ok("etcd") => Kind::Etcd,
-        Ok("cairn") | Ok("") | Err(_) => Kind::Cairn,
-        Ok(other) => panic!("CAIRN_ORACLE_TARGET={other}: expected cairn or etcd"),
-    }
+    common::oracle_target()
 }
 
 // ---------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------
-
-/// xorshift64*: reproducible choices without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn busy_key(i: u64) -> Vec<u8> {
     let side = if i < 12 { 'a' } else { 'b' };

@@ -523,3 +523,36 @@ fn spawn_child(mut cmd: Command) -> io::Result<Child> {
         .unwrap();
     rx.recv().unwrap()
 }
+
+/// Which server a test that can run against either one targets:
+/// `CAIRN_ORACLE_TARGET=etcd` for the real etcd, cairn otherwise.
+pub fn oracle_target() -> Kind {
+    match std::env::var("CAIRN_ORACLE_TARGET").as_deref() {
+        Ok("etcd") => Kind::Etcd,
+        Ok("cairn") | Ok("") | Err(_) => Kind::Cairn,
+        Ok(other) => panic!("CAIRN_ORACLE_TARGET={other}: expected cairn or etcd"),
+    }
+}
+
+/// xorshift64*: reproducible choices without a dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
