@@ -37,7 +37,7 @@ use cairn::pb::etcdserverpb::{
     LeaseGrantRequest, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
     ResponseHeader, TxnRequest, TxnResponse,
 };
-use common::{start_pair, Kind};
+use common::{pretty, start_pair, Kind};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -178,61 +178,6 @@ fn scrub(mut r: Resp) -> Resp {
         Resp::Txn(t) => txn(t),
     }
     r
-}
-
-/// `Debug`, with byte vectors shown as `b"..."` and very long output cut.
-fn pretty<T: Debug>(t: &T) -> String {
-    let s = format!("{t:?}");
-    let mut out = String::with_capacity(s.len().min(1 << 16));
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'[' {
-            if let Some((bytes, next)) = parse_byte_list(&s, i) {
-                out.push_str("b\"");
-                out.push_str(&bytes.escape_ascii().to_string());
-                out.push('"');
-                i = next;
-                continue;
-            }
-        }
-        let ch = s[i..].chars().next().unwrap();
-        out.push(ch);
-        i += ch.len_utf8();
-        if out.len() > 12_000 {
-            out.push_str(" …[cut]");
-            break;
-        }
-    }
-    out
-}
-
-/// `[1, 2, 3]` at `start` → (bytes, index after `]`), if all items are u8.
-fn parse_byte_list(s: &str, start: usize) -> Option<(Vec<u8>, usize)> {
-    let b = s.as_bytes();
-    let mut j = start + 1;
-    let mut vals = Vec::new();
-    loop {
-        let from = j;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        if j == from {
-            return None;
-        }
-        let v: u32 = s[from..j].parse().ok()?;
-        if v > 255 {
-            return None;
-        }
-        vals.push(v as u8);
-        if s[j..].starts_with(", ") {
-            j += 2;
-        } else if b.get(j) == Some(&b']') {
-            return Some((vals, j + 1));
-        } else {
-            return None;
-        }
-    }
 }
 
 fn show(o: &Outcome) -> String {

@@ -69,7 +69,7 @@ use cairn::pb::etcdserverpb::{
     WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use cairn::pb::mvccpb::KeyValue;
-use common::{start_pair_with, Kind};
+use common::{pretty, start_pair_with, Kind};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -607,66 +607,6 @@ impl Side {
 // ---------------------------------------------------------------------------
 // Printing
 // ---------------------------------------------------------------------------
-
-/// `Debug`, with byte vectors shown as `b"..."` and very long output cut.
-fn pretty<T: Debug>(t: &T) -> String {
-    let s = format!("{t:?}");
-    let mut out = String::with_capacity(s.len().min(1 << 16));
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'[' {
-            if let Some((bytes, next)) = parse_byte_list(&s, i) {
-                out.push_str("b\"");
-                let esc = bytes.escape_ascii().to_string();
-                if esc.len() > 80 {
-                    out.push_str(&format!("{}…({} bytes)", &esc[..40], bytes.len()));
-                } else {
-                    out.push_str(&esc);
-                }
-                out.push('"');
-                i = next;
-                continue;
-            }
-        }
-        let ch = s[i..].chars().next().unwrap();
-        out.push(ch);
-        i += ch.len_utf8();
-        if out.len() > 16_000 {
-            out.push_str(" …[cut]");
-            break;
-        }
-    }
-    out
-}
-
-/// `[1, 2, 3]` at `start` → (bytes, index after `]`), if all items are u8.
-fn parse_byte_list(s: &str, start: usize) -> Option<(Vec<u8>, usize)> {
-    let b = s.as_bytes();
-    let mut j = start + 1;
-    let mut vals = Vec::new();
-    loop {
-        let from = j;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        if j == from {
-            return None;
-        }
-        let v: u32 = s[from..j].parse().ok()?;
-        if v > 255 {
-            return None;
-        }
-        vals.push(v as u8);
-        if s[j..].starts_with(", ") {
-            j += 2;
-        } else if b.get(j) == Some(&b']') {
-            return Some((vals, j + 1));
-        } else {
-            return None;
-        }
-    }
-}
 
 fn show(o: &Outcome) -> String {
     match o {
