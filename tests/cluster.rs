@@ -32,6 +32,26 @@ async fn status(endpoint: &str) -> Option<(u64, u64)> {
     Some((s.header?.member_id, s.leader))
 }
 
+/// Every member's id, and the index of the leader they all agree on.
+async fn ids_and_leader(members: &[Server]) -> (Vec<u64>, usize) {
+    let mut ids = Vec::new();
+    let mut leaders = Vec::new();
+    for m in members {
+        let (id, l) = status(&m.endpoint()).await.expect("status");
+        ids.push(id);
+        leaders.push(l);
+    }
+    assert!(
+        leaders.windows(2).all(|w| w[0] == w[1]),
+        "members disagree on the leader: {leaders:x?}"
+    );
+    let at = ids
+        .iter()
+        .position(|id| *id == leaders[0])
+        .expect("leader is a member");
+    (ids, at)
+}
+
 /// Writes unique keys through `endpoint` until `stop`; records what was
 /// acknowledged (key → revision).
 async fn writer(
@@ -96,17 +116,8 @@ async fn contents(endpoint: &str) -> BTreeMap<String, i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill9_under_writes_loses_nothing() {
     let mut members = Server::cluster(Kind::Cairn, 3);
-    let (_, leader) = status(&members[0].endpoint()).await.expect("status");
-    let mut ids = Vec::new();
-    for m in &members {
-        let (id, l) = status(&m.endpoint()).await.expect("status");
-        assert_eq!(l, leader, "members disagree on the leader");
-        ids.push(id);
-    }
-    let leader_at = ids
-        .iter()
-        .position(|id| *id == leader)
-        .expect("leader is a member");
+    let (ids, leader_at) = ids_and_leader(&members).await;
+    let leader = ids[leader_at];
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -198,14 +209,7 @@ async fn leases_follow_the_leader() {
     use tokio_stream::StreamExt;
 
     let mut members = Server::cluster(Kind::Cairn, 3);
-    let mut ids = Vec::new();
-    let mut leader = 0;
-    for m in &members {
-        let (id, l) = status(&m.endpoint()).await.expect("status");
-        ids.push(id);
-        leader = l;
-    }
-    let leader_at = ids.iter().position(|id| *id == leader).unwrap();
+    let (_, leader_at) = ids_and_leader(&members).await;
     let follower = (leader_at + 1) % 3;
     let ch = channel(&members[follower].endpoint()).await.unwrap();
     const TTL: i64 = 5;
@@ -274,14 +278,7 @@ async fn move_leader_then_clean_stop() {
     use cairn::pb::etcdserverpb::MoveLeaderRequest;
 
     let mut members = Server::cluster(Kind::Cairn, 3);
-    let mut ids = Vec::new();
-    let mut leader = 0;
-    for m in &members {
-        let (id, l) = status(&m.endpoint()).await.expect("status");
-        ids.push(id);
-        leader = l;
-    }
-    let leader_at = ids.iter().position(|id| *id == leader).unwrap();
+    let (ids, leader_at) = ids_and_leader(&members).await;
     let target_at = (leader_at + 1) % 3;
     let maintenance = |i: usize| {
         let e = members[i].endpoint();

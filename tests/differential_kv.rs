@@ -424,12 +424,7 @@ const INVALID: Code = Code::InvalidArgument;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_matches_etcd_step_by_step() {
-    let target = std::env::var("CAIRN_DIFF_TARGET").unwrap_or_else(|_| "cairn".into());
-    let b_kind = match target.as_str() {
-        "cairn" => Kind::Cairn,
-        "etcd" => Kind::Etcd,
-        other => panic!("CAIRN_DIFF_TARGET must be cairn or etcd, not {other:?}"),
-    };
+    let b_kind = common::target_from_env("CAIRN_DIFF_TARGET");
     let keep_going = std::env::var("CAIRN_DIFF_KEEP_GOING").is_ok_and(|v| v == "1");
     let (sa, sb) = start_pair(Kind::Etcd, b_kind);
     let mut d = Diff {

@@ -1097,12 +1097,7 @@ fn expect_refused(items: &[Item], reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_and_lease_match_etcd_step_by_step() {
-    let target = std::env::var("CAIRN_DIFF_TARGET").unwrap_or_else(|_| "cairn".into());
-    let b_kind = match target.as_str() {
-        "cairn" => Kind::Cairn,
-        "etcd" => Kind::Etcd,
-        other => panic!("CAIRN_DIFF_TARGET must be cairn or etcd, not {other:?}"),
-    };
+    let b_kind = common::target_from_env("CAIRN_DIFF_TARGET");
     let max_request_bytes = format!("--max-request-bytes={MAX_REQUEST_BYTES}");
     let progress = format!(
         "--experimental-watch-progress-notify-interval={}ms",

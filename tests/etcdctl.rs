@@ -58,11 +58,7 @@ struct Pair {
 fn pair() -> MutexGuard<'static, Pair> {
     static PAIR: OnceLock<Mutex<Pair>> = OnceLock::new();
     PAIR.get_or_init(|| {
-        let kind = match std::env::var("CAIRN_ETCDCTL_TARGET").as_deref() {
-            Ok("etcd") => Kind::Etcd,
-            Ok("cairn") | Err(_) => Kind::Cairn,
-            Ok(other) => panic!("CAIRN_ETCDCTL_TARGET must be cairn or etcd, not {other}"),
-        };
+        let kind = common::target_from_env("CAIRN_ETCDCTL_TARGET");
         let (e, o) = start_pair(Kind::Etcd, kind);
         Mutex::new(Pair {
             etcd: member(e),

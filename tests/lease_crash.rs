@@ -90,7 +90,7 @@ const PREFIX_END: &[u8] = b"lc0";
 const KEEP_ID: i64 = 0x7000_0000_0000_0001;
 
 fn target() -> Kind {
-    common::oracle_target()
+    common::target_from_env("CAIRN_ORACLE_TARGET")
 }
 
 async fn channel(endpoint: &str) -> Result<Channel, tonic::transport::Error> {

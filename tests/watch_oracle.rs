@@ -152,7 +152,7 @@ const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
 const KEY_NOT_FOUND: &str = "etcdserver: key not found";
 
 fn target() -> Kind {
-    common::oracle_target()
+    common::target_from_env("CAIRN_ORACLE_TARGET")
 }
 
 // ---------------------------------------------------------------------------

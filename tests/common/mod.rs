@@ -524,13 +524,14 @@ fn spawn_child(mut cmd: Command) -> io::Result<Child> {
     rx.recv().unwrap()
 }
 
-/// Which server a test that can run against either one targets:
-/// `CAIRN_ORACLE_TARGET=etcd` for the real etcd, cairn otherwise.
-pub fn oracle_target() -> Kind {
-    match std::env::var("CAIRN_ORACLE_TARGET").as_deref() {
+/// Which server a test that can run against either one targets: `etcd`
+/// in the environment variable `var` for the real etcd, cairn otherwise
+/// (so the same test validates itself against etcd).
+pub fn target_from_env(var: &str) -> Kind {
+    match std::env::var(var).as_deref() {
         Ok("etcd") => Kind::Etcd,
         Ok("cairn") | Ok("") | Err(_) => Kind::Cairn,
-        Ok(other) => panic!("CAIRN_ORACLE_TARGET={other}: expected cairn or etcd"),
+        Ok(other) => panic!("{var}={other}: expected cairn or etcd"),
     }
 }
 
