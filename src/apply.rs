@@ -9,13 +9,14 @@
 use std::sync::Arc;
 
 use prost::Message;
+use raft::prelude::{ConfChange, ConfChangeType};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::kv::write;
 use crate::lease::Lessor;
-use crate::membership::Membership;
+use crate::membership::{MemberInfo, Membership};
 use crate::mvcc::{MvccStore, WriteOutcome};
 use crate::pb::etcdserverpb::Member as PbMember;
 use crate::pb::etcdserverpb::{
@@ -37,7 +38,7 @@ pub struct Request {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub member: u64,
-    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub op: Option<Op>,
 }
 
@@ -60,6 +61,22 @@ pub enum Op {
     /// A member's name and client URLs (etcd's member attributes).
     #[prost(message, tag = "10")]
     PublishMember(PbMember),
+    /// A member's new peer URLs (etcd's MemberUpdate: not a raft
+    /// configuration change, since the voters stay the same).
+    #[prost(message, tag = "11")]
+    UpdateMember(PbMember),
+}
+
+/// The context of a raft conf change entry: who waits for it, and the
+/// member it adds (with its peer URLs) or changes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfChangeContext {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub member: u64,
+    #[prost(message, optional, tag = "3")]
+    pub info: Option<PbMember>,
 }
 
 /// The result of applying one request, for the client that sent it.
@@ -74,6 +91,8 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint,
     PublishMember,
+    /// A membership change or update is in effect.
+    Members,
 }
 
 /// An applied request and whom to tell.
@@ -92,6 +111,16 @@ pub struct Applier {
     applied: u64,
 }
 
+/// The applied index as stored (what a consistent view of the database
+/// holds, whatever the apply thread has in hand).
+pub fn stored_applied_index(storage: &Storage) -> Result<u64> {
+    Ok(storage
+        .db()
+        .get_cf(storage.cf(CF_META), META_APPLIED)?
+        .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0))
+}
+
 impl Applier {
     pub fn open(
         storage: Storage,
@@ -100,11 +129,7 @@ impl Applier {
         hub: Arc<WatchHub>,
         membership: Arc<Membership>,
     ) -> Result<Applier> {
-        let applied = storage
-            .db()
-            .get_cf(storage.cf(CF_META), META_APPLIED)?
-            .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
-            .unwrap_or(0);
+        let applied = stored_applied_index(&storage)?;
         Ok(Applier {
             storage,
             store,
@@ -132,7 +157,82 @@ impl Applier {
     /// Records an entry that changes no replicated state (a new leader's
     /// empty entry, a conf change the raft layer handled).
     pub fn apply_empty(&mut self, index: u64) -> Result<()> {
+        if index <= self.applied {
+            return Ok(());
+        }
         self.commit(index, WriteBatch::default())
+    }
+
+    /// Applies a raft conf change to the member list (raft itself took it
+    /// in when it was committed).
+    pub fn apply_conf_change(&mut self, index: u64, cc: &ConfChange) -> Result<Option<Applied>> {
+        if index <= self.applied {
+            return Ok(None);
+        }
+        let ctx = ConfChangeContext::decode(cc.get_context()).unwrap_or_default();
+        let mut batch = WriteBatch::default();
+        let id = cc.node_id;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
+                match self.membership.get(id) {
+                    // A learner made a voter.
+                    Some(_) if !learner => self.membership.promote(id, &mut batch),
+                    Some(_) => {}
+                    None => {
+                        let info = ctx.info.clone().unwrap_or_default();
+                        self.membership.add(
+                            MemberInfo {
+                                id,
+                                name: String::new(),
+                                peer_urls: info.peer_ur_ls,
+                                client_urls: Vec::new(),
+                                is_learner: learner,
+                            },
+                            &mut batch,
+                        );
+                    }
+                }
+            }
+            ConfChangeType::RemoveNode => self.membership.remove(id, &mut batch),
+        }
+        self.commit(index, batch)?;
+        tracing::info!(
+            index,
+            change = ?cc.get_change_type(),
+            member = format_args!("{id:x}"),
+            "membership changed"
+        );
+        Ok(Some(Applied {
+            member: ctx.member,
+            id: ctx.id,
+            result: Ok(Response::Members),
+        }))
+    }
+
+    /// Replaces the replicated state with a snapshot from the leader (staged
+    /// in `dir`, taken at or after log index `index`), and reloads what the
+    /// components keep in memory.
+    pub fn install(&mut self, dir: &std::path::Path, index: u64) -> Result<()> {
+        crate::consensus::snapshot::install(&self.storage, dir)?;
+        self.store.reload()?;
+        self.lessor.reload()?;
+        self.membership.reload()?;
+        self.hub.reset(self.store.current_revision());
+        self.applied = stored_applied_index(&self.storage)?;
+        if self.applied < index {
+            return Err(Error::Internal(format!(
+                "snapshot holds index {} but raft's says {index}",
+                self.applied
+            )));
+        }
+        tracing::info!(
+            index,
+            applied = self.applied,
+            revision = self.store.current_revision(),
+            "snapshot installed"
+        );
+        Ok(())
     }
 
     /// Applies one normal entry's data. Entries at or below the applied
@@ -183,6 +283,18 @@ impl Applier {
                     .set_attributes(m.id, &m.name, &m.client_ur_ls, &mut batch);
                 self.commit(index, batch)?;
                 return Ok(Response::PublishMember);
+            }
+            Op::UpdateMember(m) => {
+                drop(w);
+                let mut batch = WriteBatch::default();
+                if self.membership.get(m.id).is_none() {
+                    self.apply_empty(index)?;
+                    return Err(Error::MemberNotFound);
+                }
+                self.membership
+                    .set_peer_urls(m.id, &m.peer_ur_ls, &mut batch);
+                self.commit(index, batch)?;
+                return Ok(Response::Members);
             }
             Op::LeaseCheckpoint(c) => {
                 drop(w);

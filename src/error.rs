@@ -54,6 +54,24 @@ pub enum Error {
     BadLeaderTransferee,
     #[error("etcdserver: request timed out, leader transfer took too long")]
     LeaderTransferTimeout,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// A failure of our own (storage I/O, a corrupt record). etcd answers
     /// those with codes.Unknown and the underlying text; so do we, and the
     /// member logs it.
@@ -73,7 +91,14 @@ impl Error {
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
             NotCapable | LeaseExists | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,
-            LeaderTransferTimeout => Code::Unavailable,
+            LeaderTransferTimeout | NotSupportedForLearner | Unhealthy => Code::Unavailable,
+            PeerUrlExists | MemberExists | MemberNotLearner | LearnerNotReady | TooManyLearners => {
+                Code::FailedPrecondition
+            }
+            // etcd maps this one to an error without a gRPC status, so it
+            // reaches clients as Unknown.
+            NotEnoughStartedMembers => Code::Unknown,
+            MemberBadUrls => Code::InvalidArgument,
             LeaseTtlTooLarge => Code::OutOfRange,
             Internal(_) => Code::Unknown,
         }

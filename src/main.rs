@@ -18,11 +18,7 @@ fn main() {
     if new_data_dir {
         let checked = match cfg.initial_cluster_state {
             ClusterState::New => cfg.verify_bootstrap(),
-            ClusterState::Existing => Err(cairn::config::ConfigError::Unsupported(
-                "cairn: --initial-cluster-state=existing (joining a running cluster) is not \
-                 supported yet"
-                    .into(),
-            )),
+            ClusterState::Existing => cfg.verify_join_existing(),
         };
         if let Err(e) = checked {
             tracing::error!("{e}");
@@ -56,7 +52,10 @@ fn main() {
             })
             .collect(),
         initial_cluster_token: cfg.initial_cluster_token.clone(),
+        join_existing: cfg.initial_cluster_state == ClusterState::Existing,
         snapshot_count: cfg.snapshot_count,
+        max_learners: cfg.max_learners.max(0) as usize,
+        strict_reconfig_check: cfg.strict_reconfig_check,
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
         heartbeat: cfg.heartbeat_interval,

@@ -1,7 +1,8 @@
 //! Who the members are, as replicated state: ids and peer URLs from the
 //! cluster's bootstrap, and the name and client URLs each member publishes
 //! through raft once it runs (as etcd's members do), so that `MemberList`
-//! on any member shows every member's client URLs.
+//! on any member shows every member's client URLs; members added, removed,
+//! promoted or given new peer URLs at run time.
 //!
 //! **Invariant:** changed only by the apply step, persisted in `meta` in
 //! the same batch as the applied index.
@@ -42,15 +43,7 @@ impl Membership {
     /// The stored members, or `initial` (the bootstrap's) when none are
     /// stored yet.
     pub fn open(storage: Storage, initial: Vec<MemberInfo>) -> Result<Arc<Membership>> {
-        let members = match storage.db().get_cf(storage.cf(CF_META), META_MEMBERS)? {
-            Some(raw) => StoredMembers::decode(raw.as_slice())
-                .map_err(Error::internal)?
-                .members
-                .into_iter()
-                .map(from_pb)
-                .collect(),
-            None => initial,
-        };
+        let members = load(&storage)?.unwrap_or(initial);
         Ok(Arc::new(Membership {
             storage,
             members: Mutex::new(members),
@@ -80,12 +73,60 @@ impl Membership {
         client_urls: &[String],
         batch: &mut WriteBatch,
     ) {
+        self.change(batch, |members| {
+            if let Some(m) = members.iter_mut().find(|m| m.id == id) {
+                m.name = name.to_string();
+                m.client_urls = client_urls.to_vec();
+            }
+        });
+    }
+
+    /// Apply step: a member joins (as a voter or a learner). Its name and
+    /// client URLs come later, when it publishes them.
+    pub fn add(&self, member: MemberInfo, batch: &mut WriteBatch) {
+        self.change(batch, |members| {
+            members.retain(|m| m.id != member.id);
+            members.push(member);
+        });
+    }
+
+    /// Apply step: a member leaves.
+    pub fn remove(&self, id: u64, batch: &mut WriteBatch) {
+        self.change(batch, |members| members.retain(|m| m.id != id));
+    }
+
+    /// Apply step: a learner becomes a voter.
+    pub fn promote(&self, id: u64, batch: &mut WriteBatch) {
+        self.change(batch, |members| {
+            if let Some(m) = members.iter_mut().find(|m| m.id == id) {
+                m.is_learner = false;
+            }
+        });
+    }
+
+    /// Apply step: a member's new peer URLs.
+    pub fn set_peer_urls(&self, id: u64, peer_urls: &[String], batch: &mut WriteBatch) {
+        self.change(batch, |members| {
+            if let Some(m) = members.iter_mut().find(|m| m.id == id) {
+                m.peer_urls = peer_urls.to_vec();
+            }
+        });
+    }
+
+    /// Re-reads the members from the database (after a snapshot replaced
+    /// the replicated state).
+    pub fn reload(&self) -> Result<()> {
+        if let Some(stored) = load(&self.storage)? {
+            *self.lock() = stored;
+        }
+        Ok(())
+    }
+
+    /// Changes the list and stores all of it in `batch`, with the rest of
+    /// the entry's effects.
+    fn change(&self, batch: &mut WriteBatch, f: impl FnOnce(&mut Vec<MemberInfo>)) {
         let mut members = self.lock();
-        let Some(m) = members.iter_mut().find(|m| m.id == id) else {
-            return;
-        };
-        m.name = name.to_string();
-        m.client_urls = client_urls.to_vec();
+        f(&mut members);
         let stored = StoredMembers {
             members: members.iter().map(to_pb).collect(),
         };
@@ -95,6 +136,14 @@ impl Membership {
             stored.encode_to_vec(),
         );
     }
+}
+
+fn load(storage: &Storage) -> Result<Option<Vec<MemberInfo>>> {
+    let Some(raw) = storage.db().get_cf(storage.cf(CF_META), META_MEMBERS)? else {
+        return Ok(None);
+    };
+    let stored = StoredMembers::decode(raw.as_slice()).map_err(Error::internal)?;
+    Ok(Some(stored.members.into_iter().map(from_pb).collect()))
 }
 
 pub fn to_pb(m: &MemberInfo) -> PbMember {

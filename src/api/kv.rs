@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::check_leader;
+use super::{check_leader, check_learner};
 use crate::apply::{self, Op};
 use crate::error::Error;
 use crate::kv::{range, validate};
@@ -40,6 +40,7 @@ fn unexpected() -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        check_learner(&self.member, req.get_ref().serializable)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         validate::check_range(&r)?;
@@ -56,6 +57,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         validate::check_put(&r)?;
@@ -72,6 +74,7 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         validate::check_delete(&r)?;
@@ -85,6 +88,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         validate::check_txn(&r, self.member.max_txn_ops)?;
@@ -101,6 +105,7 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         match self.write(Op::Compact(r)).await? {

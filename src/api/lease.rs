@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_leader, ResponseStream};
+use super::{check_leader, check_learner, ResponseStream};
 use crate::apply::{self, Op};
 use crate::error::Error;
 use crate::lease::Lessor;
@@ -44,6 +44,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let mut r = req.into_inner();
         if r.id == 0 {
@@ -62,6 +63,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         match self
             .member
@@ -80,6 +82,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<ResponseStream<LeaseKeepAliveResponse>>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -111,6 +114,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         let header = Some(self.member.header(self.current()));
@@ -137,6 +141,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let leases = self
             .lessor

@@ -29,6 +29,16 @@ pub fn check_leader<T>(member: &Member, req: &Request<T>) -> Result<(), Status> 
     Ok(())
 }
 
+/// etcd's learner guard: a learner serves only Status and serializable
+/// Range (`supported`); everything else is refused, as in etcd, with
+/// "rpc not supported for learner".
+pub fn check_learner(member: &Member, supported: bool) -> Result<(), Status> {
+    if !supported && member.is_learner() {
+        return Err(Error::NotSupportedForLearner.status());
+    }
+    Ok(())
+}
+
 /// A server-streamed response, as the generated service traits take it.
 pub type ResponseStream<T> =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_leader, ResponseStream};
+use super::{check_leader, check_learner, ResponseStream};
 use crate::error::Error;
 use crate::pb::etcdserverpb::watch_request::RequestUnion;
 use crate::pb::etcdserverpb::watch_server::Watch;
@@ -51,6 +51,7 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<ResponseStream<WatchResponse>>, Status> {
+        check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let stream = WatchStream {

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 
-use raft::prelude::{Entry, EntryType};
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType};
 use tokio::sync::oneshot;
 
 use super::node::RaftStatus;
@@ -36,6 +37,9 @@ pub enum ApplyMsg {
     },
     /// This member became leader, or stopped being one.
     Leader(bool),
+    /// Replace the store with the snapshot staged in `dir`, which the raft
+    /// log now starts after (`index`).
+    Install { dir: std::path::PathBuf, index: u64 },
 }
 
 /// Clean up abandoned waiters after this many registrations.
@@ -66,19 +70,38 @@ pub fn run(
             }
             ApplyMsg::Entries(entries) => {
                 for e in entries {
-                    match e.get_entry_type() {
+                    // Already in the store (before a restart, or brought
+                    // by a snapshot that reached past this entry).
+                    if e.index <= applier.applied_index() {
+                        continue;
+                    }
+                    let applied = match e.get_entry_type() {
                         EntryType::EntryNormal if !e.get_data().is_empty() => {
-                            if let Some(applied) = applier.apply(e.index, e.get_data())? {
-                                if applied.member == member {
-                                    if let Some(w) = waiters.remove(&applied.id) {
-                                        let _ = w.send(applied.result);
-                                    }
-                                }
+                            applier.apply(e.index, e.get_data())?
+                        }
+                        EntryType::EntryConfChange => {
+                            let cc = ConfChange::parse_from_bytes(e.get_data())
+                                .map_err(crate::error::Error::internal)?;
+                            if cc.get_change_type() == ConfChangeType::RemoveNode
+                                && cc.node_id == member
+                            {
+                                status.removed.store(true, Ordering::SeqCst);
+                                status.removed_notify.notify_one();
+                            }
+                            applier.apply_conf_change(e.index, &cc)?
+                        }
+                        // Empty entries of a new leader.
+                        _ => {
+                            applier.apply_empty(e.index)?;
+                            None
+                        }
+                    };
+                    if let Some(applied) = applied {
+                        if applied.member == member {
+                            if let Some(w) = waiters.remove(&applied.id) {
+                                let _ = w.send(applied.result);
                             }
                         }
-                        // Empty entries of a new leader, and conf changes
-                        // (raft took those in already).
-                        _ => applier.apply_empty(e.index)?,
                     }
                 }
                 let applied = applier.applied_index();
@@ -90,6 +113,12 @@ pub fn run(
                 release_reads(&mut reads, applier.applied_index());
             }
             ApplyMsg::Leader(leader) => applier.set_leader(leader),
+            ApplyMsg::Install { dir, index } => {
+                applier.install(&dir, index)?;
+                let applied = applier.applied_index();
+                status.applied.store(applied, Ordering::SeqCst);
+                release_reads(&mut reads, applied);
+            }
         }
     }
     Ok(())

@@ -2,8 +2,9 @@
 //! configuration of this member's raft.
 //!
 //! Layout (family `raft_log`): entry index, big-endian → `eraftpb.Entry`.
-//! Family `raft_state`: `hard_state`, `conf_state`, `truncated` (index and
-//! term of the last entry removed by log compaction).
+//! Family `raft_state`: `hard_state`, `conf_state` (with `conf_index`, the
+//! entry it was last changed by), `truncated` (index and term of the last
+//! entry removed by log compaction, or of the snapshot the log starts after).
 //!
 //! **Invariant:** [`LogStore::append`] returns only after the entries and
 //! hard state are fsynced; raft-rs is told they are persisted only then.
@@ -21,11 +22,14 @@ use crate::storage::{Storage, CF_RAFT_LOG, CF_RAFT_STATE};
 const HARD_STATE: &[u8] = b"hard_state";
 const CONF_STATE: &[u8] = b"conf_state";
 const TRUNCATED: &[u8] = b"truncated";
+const CONF_INDEX: &[u8] = b"conf_index";
 
 pub struct LogStore {
     storage: Storage,
     hard_state: HardState,
     conf_state: ConfState,
+    /// The entry that made `conf_state` (a conf change, or a snapshot).
+    conf_index: u64,
     truncated_index: u64,
     truncated_term: u64,
     /// Terms of the entries after `truncated_index`, in order: `term()` is
@@ -53,11 +57,16 @@ impl LogStore {
             ),
             _ => (0, 0),
         };
+        let conf_index = match db.get_cf(state, CONF_INDEX)? {
+            Some(b) if b.len() == 8 => u64::from_be_bytes(b[..8].try_into().unwrap_or_default()),
+            _ => 0,
+        };
         let terms = load_terms(&storage, truncated_index)?;
         Ok(LogStore {
             storage,
             hard_state,
             conf_state,
+            conf_index,
             truncated_index,
             truncated_term,
             terms,
@@ -183,15 +192,61 @@ impl LogStore {
         Ok(())
     }
 
-    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<()> {
+    /// Records the configuration made by the conf change at `index`.
+    pub fn set_conf_state(&mut self, cs: ConfState, index: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
+        let state = self.storage.cf(CF_RAFT_STATE);
         batch.put_cf(
-            self.storage.cf(CF_RAFT_STATE),
+            state,
             CONF_STATE,
             cs.write_to_bytes().map_err(Error::internal)?,
         );
+        batch.put_cf(state, CONF_INDEX, index.to_be_bytes());
         self.storage.write(batch, true)?;
         self.conf_state = cs;
+        self.conf_index = index;
+        Ok(())
+    }
+
+    /// Starts the log over after a snapshot received from the leader: no
+    /// entries, the snapshot's index and term as the truncation point, its
+    /// configuration. (The store's data is installed by the apply step.)
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let (index, term) = (meta.index, meta.term);
+        let cs = meta.get_conf_state().clone();
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(index);
+        hs.term = hs.term.max(term);
+        let mut batch = WriteBatch::default();
+        let log = self.storage.cf(CF_RAFT_LOG);
+        if self.last_index() >= self.first_index() {
+            batch.delete_range_cf(
+                log,
+                self.first_index().to_be_bytes(),
+                (self.last_index() + 1).to_be_bytes(),
+            );
+        }
+        let state = self.storage.cf(CF_RAFT_STATE);
+        batch.put_cf(state, TRUNCATED, pair(index, term));
+        batch.put_cf(
+            state,
+            CONF_STATE,
+            cs.write_to_bytes().map_err(Error::internal)?,
+        );
+        batch.put_cf(state, CONF_INDEX, index.to_be_bytes());
+        batch.put_cf(
+            state,
+            HARD_STATE,
+            hs.write_to_bytes().map_err(Error::internal)?,
+        );
+        self.storage.write(batch, true)?;
+        self.terms.clear();
+        self.truncated_index = index;
+        self.truncated_term = term;
+        self.conf_state = cs;
+        self.conf_index = index;
+        self.hard_state = hs;
         Ok(())
     }
 
@@ -324,11 +379,25 @@ impl raft::Storage for LogStore {
         Ok(self.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // A single member never sends snapshots; streaming the store to a
-        // lagging follower comes with clustering.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// Only the metadata: the store itself is streamed to the follower by
+    /// the transport, from a consistent view taken when it starts sending.
+    /// That view is at or past `applied` (applying only moves forward), and
+    /// the follower's apply step skips entries its store already holds, so
+    /// the follower ends up exactly where replaying the log would put it.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let applied = crate::apply::stored_applied_index(&self.storage).map_err(store_err)?;
+        // The configuration must be the one in force at `applied`: wait
+        // until a committed conf change is applied too (raft asks again).
+        if applied < self.conf_index || applied < request_index {
+            return Err(unavailable());
+        }
+        let term = self.term_of(applied).ok_or_else(unavailable)?;
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
     }
 }

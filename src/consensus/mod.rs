@@ -3,6 +3,7 @@
 pub mod apply_worker;
 pub mod log_store;
 pub mod node;
+pub mod snapshot;
 pub mod transport;
 
 pub use node::{Command, NodeConfig, RaftHandle, RaftStatus};

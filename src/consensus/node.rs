@@ -13,8 +13,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, ConfChangeV2, Entry, EntryType};
-use raft::{RawNode, ReadState, StateRole};
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use tokio::sync::{oneshot, watch};
 
 use super::apply_worker::{self, ApplyMsg};
@@ -43,10 +43,33 @@ pub enum Command {
     ReadIndex { done: oneshot::Sender<Result<()>> },
     /// A raft message from a peer.
     Step(Box<raft::prelude::Message>),
+    /// Replicate a membership change (its context carries `id`, as a
+    /// proposal's data does) and answer once it is applied.
+    ProposeConfChange {
+        id: u64,
+        cc: ConfChange,
+        done: oneshot::Sender<Result<Response>>,
+    },
     /// Hand leadership to another voter (the caller watches for it).
     TransferLeader { to: u64 },
+    /// The leader's view of how far every member's log matches its own;
+    /// `None` when this member does not lead.
+    Progress {
+        done: oneshot::Sender<Option<Progress>>,
+    },
+    /// How sending a snapshot to member `to` went.
+    ReportSnapshot { to: u64, ok: bool },
     /// Shut down: the raft thread stops after what it has in hand.
     Stop,
+}
+
+/// How far members' logs match the leader's.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// The leader's own matched index.
+    pub leader_matched: u64,
+    /// Member id → matched index, and whether it was heard from lately.
+    pub members: HashMap<u64, (u64, bool)>,
 }
 
 /// Settings of the raft node.
@@ -70,6 +93,10 @@ pub struct RaftStatus {
     pub commit: AtomicU64,
     pub applied: AtomicU64,
     pub is_leader: AtomicBool,
+    /// Set when a committed change removed this member from the cluster.
+    pub removed: AtomicBool,
+    /// Woken (one permit) when `removed` is set.
+    pub removed_notify: tokio::sync::Notify,
 }
 
 /// The handle through which the member talks to the raft thread.
@@ -100,9 +127,11 @@ pub fn start(
     cfg: NodeConfig,
     mut log: LogStore,
     applier: Applier,
-    transport: Transport,
+    mut transport: Transport,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>)> {
-    if !log.is_initialized() {
+    // A member joining a running cluster starts with no configuration: the
+    // leader's snapshot brings it.
+    if !log.is_initialized() && !cfg.initial_voters.is_empty() {
         log.bootstrap(&cfg.initial_voters)?;
     }
     // Only committed entries are applied, so the applied index is known to
@@ -131,6 +160,7 @@ pub fn start(
         node.campaign().map_err(Error::internal)?;
     }
     let (tx, rx) = mpsc::channel();
+    transport.set_reports(tx.clone());
     let status = Arc::new(RaftStatus::default());
     let (ready_tx, ready_rx) = watch::channel(false);
     let (apply_tx, apply_rx) = mpsc::channel();
@@ -223,6 +253,7 @@ impl Driver {
                 }
                 self.drop_abandoned();
                 self.resend_reads();
+                self.transport.connect_all();
             }
             self.start_read_round();
             self.on_ready()?;
@@ -253,8 +284,43 @@ impl Driver {
                 // that thread be gone, the dropped sender tells the client.)
                 let _ = self.to_apply(ApplyMsg::Register { id, done });
             }
+            Command::ProposeConfChange { id, cc, done } => {
+                if let Err(e) = self.node.propose_conf_change(Vec::new(), cc) {
+                    let err = match e {
+                        raft::Error::ProposalDropped => Error::NoLeader,
+                        e => Error::internal(e),
+                    };
+                    let _ = done.send(Err(err));
+                    return;
+                }
+                let _ = self.to_apply(ApplyMsg::Register { id, done });
+            }
             Command::ReadIndex { done } => self.pending_reads.push(done),
             Command::TransferLeader { to } => self.node.transfer_leader(to),
+            Command::Progress { done } => {
+                let raft = &self.node.raft;
+                let progress = (raft.state == StateRole::Leader).then(|| Progress {
+                    leader_matched: raft.prs().get(self.cfg.id).map_or(0, |p| p.matched),
+                    members: raft
+                        .prs()
+                        .iter()
+                        .map(|(id, p)| (*id, (p.matched, p.recent_active)))
+                        .collect(),
+                });
+                let _ = done.send(progress);
+            }
+            Command::ReportSnapshot { to, ok } => {
+                let status = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+                if !ok {
+                    // Probe again rather than wait for the next heartbeat.
+                    self.node.raft.send_append(to);
+                }
+            }
             Command::Stop => {}
             Command::Step(m) => {
                 // Messages from members raft does not know (removed ones,
@@ -325,6 +391,21 @@ impl Driver {
         // go out before its own fsync).
         self.transport.send(rd.take_messages());
         self.on_read_states(rd.take_read_states())?;
+        if !rd.snapshot().is_empty() {
+            // A snapshot from the leader: the log starts over after it, and
+            // the apply step installs the store staged with it (before any
+            // entry that follows).
+            let snap = rd.snapshot().clone();
+            self.node.mut_store().apply_snapshot(&snap)?;
+            let dir = std::path::PathBuf::from(String::from_utf8_lossy(snap.get_data()).as_ref());
+            let index = snap.get_metadata().index;
+            tracing::info!(
+                index,
+                term = snap.get_metadata().term,
+                "installing a snapshot from the leader"
+            );
+            self.to_apply(ApplyMsg::Install { dir, index })?;
+        }
         let committed = rd.take_committed_entries();
         let hs = rd.hs().cloned();
         let entries = rd.take_entries();
@@ -367,7 +448,13 @@ impl Driver {
                 EntryType::EntryNormal => continue,
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(e.get_data()).map_err(Error::internal)?;
-                    self.node.apply_conf_change(&cc).map_err(Error::internal)?
+                    let removes_me = cc.get_change_type() == ConfChangeType::RemoveNode
+                        && cc.node_id == self.cfg.id;
+                    let cs = self.node.apply_conf_change(&cc).map_err(Error::internal)?;
+                    if removes_me && self.node.raft.state == StateRole::Leader {
+                        self.hand_off_leadership();
+                    }
+                    cs
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc =
@@ -375,9 +462,32 @@ impl Driver {
                     self.node.apply_conf_change(&cc).map_err(Error::internal)?
                 }
             };
-            self.node.mut_store().set_conf_state(cs)?;
+            self.node.mut_store().set_conf_state(cs, e.index)?;
         }
         self.to_apply(ApplyMsg::Entries(entries))
+    }
+
+    /// A leader that removed itself stays leader of the others until it
+    /// stops: hand leadership to the voter whose log is most complete, so
+    /// that the cluster does not wait out an election timeout.
+    fn hand_off_leadership(&mut self) {
+        let me = self.cfg.id;
+        let raft = &self.node.raft;
+        let best = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != me)
+            .max_by_key(|id| raft.prs().get(*id).map_or(0, |p| p.matched));
+        if let Some(to) = best {
+            tracing::info!(
+                to = format_args!("{to:x}"),
+                "removed from the cluster; handing off leadership"
+            );
+            self.node.transfer_leader(to);
+        }
     }
 
     fn on_read_states(&mut self, states: Vec<ReadState>) -> Result<()> {

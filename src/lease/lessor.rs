@@ -71,47 +71,7 @@ impl Lessor {
     /// Loads leases and attachments from the data dir. `min_ttl` is the
     /// smallest TTL granted (etcd: 1.5 election timeouts, rounded up).
     pub fn open(storage: Storage, min_ttl: i64) -> Result<Lessor> {
-        let mut leases: HashMap<i64, Lease> = HashMap::new();
-        let mut it = storage.db().raw_iterator_cf(storage.cf(CF_LEASE));
-        it.seek_to_first();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            let bad = || Error::Internal("corrupt lease record".into());
-            let id = i64::from_be_bytes(k.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-            if k.len() == 8 {
-                let num = |r: Option<&[u8]>| -> Result<i64> {
-                    Ok(i64::from_be_bytes(
-                        r.ok_or_else(bad)?.try_into().map_err(|_| bad())?,
-                    ))
-                };
-                let ttl = num(v.get(..8))?;
-                // Records written before checkpoints hold the TTL only.
-                let remaining = if v.len() >= 16 { num(v.get(8..16))? } else { 0 };
-                let l = leases.entry(id).or_insert_with(|| Lease {
-                    ttl,
-                    remaining,
-                    keys: BTreeSet::new(),
-                    deadline: None,
-                    revoke_proposed: None,
-                });
-                l.ttl = ttl;
-                l.remaining = remaining;
-            } else {
-                leases
-                    .entry(id)
-                    .or_insert_with(|| Lease {
-                        ttl: 0,
-                        remaining: 0,
-                        keys: BTreeSet::new(),
-                        deadline: None,
-                        revoke_proposed: None,
-                    })
-                    .keys
-                    .insert(k[8..].to_vec());
-            }
-            it.next();
-        }
-        it.status()?;
-        drop(it);
+        let leases = load_leases(&storage)?;
         Ok(Lessor {
             storage,
             min_ttl,
@@ -120,6 +80,20 @@ impl Lessor {
                 leader: false,
             }),
         })
+    }
+
+    /// Re-reads leases after the database was replaced under the lessor (a
+    /// snapshot installed; only followers install them, so no deadlines).
+    pub fn reload(&self) -> Result<()> {
+        let leases = load_leases(&self.storage)?;
+        let mut st = self.state();
+        st.leases = leases;
+        let leader = st.leader;
+        drop(st);
+        if leader {
+            self.set_leader(true);
+        }
+        Ok(())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -354,4 +328,50 @@ fn attachment(id: i64, key: &[u8]) -> Vec<u8> {
 
 fn secs(ttl: i64) -> Duration {
     Duration::from_secs(ttl.max(0) as u64)
+}
+
+/// Leases and their attachments as stored.
+fn load_leases(storage: &Storage) -> Result<HashMap<i64, Lease>> {
+    let mut leases: HashMap<i64, Lease> = HashMap::new();
+    let mut it = storage.db().raw_iterator_cf(storage.cf(CF_LEASE));
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let bad = || Error::Internal("corrupt lease record".into());
+        let id = i64::from_be_bytes(k.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        if k.len() == 8 {
+            let num = |r: Option<&[u8]>| -> Result<i64> {
+                Ok(i64::from_be_bytes(
+                    r.ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+                ))
+            };
+            let ttl = num(v.get(..8))?;
+            // Records written before checkpoints hold the TTL only.
+            let remaining = if v.len() >= 16 { num(v.get(8..16))? } else { 0 };
+            let l = leases.entry(id).or_insert_with(|| Lease {
+                ttl,
+                remaining,
+                keys: BTreeSet::new(),
+                deadline: None,
+                revoke_proposed: None,
+            });
+            l.ttl = ttl;
+            l.remaining = remaining;
+        } else {
+            leases
+                .entry(id)
+                .or_insert_with(|| Lease {
+                    ttl: 0,
+                    remaining: 0,
+                    keys: BTreeSet::new(),
+                    deadline: None,
+                    revoke_proposed: None,
+                })
+                .keys
+                .insert(k[8..].to_vec());
+        }
+        it.next();
+    }
+    it.status()?;
+    drop(it);
+    Ok(leases)
 }

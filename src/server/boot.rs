@@ -14,8 +14,8 @@ use tokio_stream::StreamExt;
 
 use super::authority_repair;
 
-use super::identity::{Identity, InitialMember};
-use super::peer::PeerService;
+use super::identity::{find_self, Identity, InitialMember};
+use super::peer::{PeerContext, PeerService};
 use super::{Member, MemberSettings};
 use crate::api::{
     cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService,
@@ -49,7 +49,11 @@ pub struct BootSettings {
     pub advertise_client_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_token: String,
+    /// `--initial-cluster-state existing`: join a running cluster.
+    pub join_existing: bool,
     pub snapshot_count: u64,
+    pub max_learners: usize,
+    pub strict_reconfig_check: bool,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub heartbeat: Duration,
@@ -65,12 +69,20 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Runs a member until `shutdown` completes.
 pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let storage = Storage::open(&s.data_dir.join("member"))?;
-    let identity = Identity::load_or_create(
-        &storage,
-        &s.name,
-        &s.initial_cluster,
-        &s.initial_cluster_token,
-    )?;
+    // Before anything reads the store: an install a crash interrupted.
+    crate::consensus::snapshot::resume(&storage)?;
+    let identity = if s.join_existing && !Identity::exists(&storage)? {
+        let (cluster_id, members) = fetch_cluster(&s.initial_cluster, &s.name).await?;
+        let me = find_self(&members, &s.initial_cluster, &s.name).map_err(anyhow::Error::msg)?;
+        Identity::create_joined(&storage, me, cluster_id, members)?
+    } else {
+        Identity::load_or_create(
+            &storage,
+            &s.name,
+            &s.initial_cluster,
+            &s.initial_cluster_token,
+        )?
+    };
     tracing::info!(
         name = %s.name,
         data_dir = %s.data_dir.display(),
@@ -99,54 +111,58 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         membership.clone(),
     )?;
     let log = LogStore::open(storage.clone())?;
+    let transport = Transport::new(
+        &tokio::runtime::Handle::current(),
+        identity.cluster_id,
+        identity.member_id,
+        membership.clone(),
+        storage.clone(),
+    );
+    let peer_activity = transport.activity();
     let (raft, raft_thread) = node::start(
         NodeConfig {
             id: identity.member_id,
-            initial_voters: identity.members.iter().map(|m| m.id).collect(),
+            // A joining member gets its configuration from the leader.
+            initial_voters: if identity.joined {
+                Vec::new()
+            } else {
+                identity.members.iter().map(|m| m.id).collect()
+            },
             tick: s.heartbeat,
             election_ticks,
             snapshot_count: s.snapshot_count.max(1),
         },
         log,
         applier,
-        Transport::start(
-            &tokio::runtime::Handle::current(),
-            identity.cluster_id,
-            identity.member_id,
-            identity
-                .members
-                .iter()
-                .filter(|m| m.id != identity.member_id)
-                .filter_map(|m| Some((m.id, m.peer_urls.first()?.clone())))
-                .collect(),
-        ),
+        transport,
     )?;
     // Peers must reach us before there can be a leader.
     let (peer_stop_tx, peer_stop_rx) = tokio::sync::watch::channel(false);
     let (member_tx, member_rx) = tokio::sync::watch::channel(None);
     let mut peer_servers = Vec::new();
-    if identity.members.len() > 1 {
-        for (host, port) in &s.listen_peer {
-            let l = TcpListener::bind((host.as_str(), *port))
-                .await
-                .map_err(|e| anyhow::anyhow!("listen for peers on {host}:{port}: {e}"))?;
-            let service = PeerServer::new(PeerService::new(
-                raft.clone(),
-                identity.cluster_id,
-                identity.member_id,
-                member_rx.clone(),
-                lessor.clone(),
-            ))
-            .max_decoding_message_size(usize::MAX);
-            let mut stop = peer_stop_rx.clone();
-            let server = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-            tracing::info!(address = %format!("{host}:{port}"), "listening for peers");
-            peer_servers.push(tokio::spawn(server));
-        }
+    // Always, as etcd: even a single member may be joined by others.
+    for (host, port) in &s.listen_peer {
+        let l = TcpListener::bind((host.as_str(), *port))
+            .await
+            .map_err(|e| anyhow::anyhow!("listen for peers on {host}:{port}: {e}"))?;
+        let service = PeerServer::new(PeerService::new(PeerContext {
+            raft: raft.clone(),
+            cluster_id: identity.cluster_id,
+            member_id: identity.member_id,
+            member: member_rx.clone(),
+            lessor: lessor.clone(),
+            membership: membership.clone(),
+            storage: storage.clone(),
+        }))
+        .max_decoding_message_size(usize::MAX);
+        let mut stop = peer_stop_rx.clone();
+        let server = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        tracing::info!(address = %format!("{host}:{port}"), "listening for peers");
+        peer_servers.push(tokio::spawn(server));
     }
     raft.wait_ready().await;
     let member = Arc::new(Member::new(
@@ -156,6 +172,9 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             membership: membership.clone(),
             max_request_bytes: s.max_request_bytes,
             max_txn_ops: s.max_txn_ops,
+            max_learners: s.max_learners,
+            strict_reconfig_check: s.strict_reconfig_check,
+            peer_activity,
             election_timeout: s.election_timeout,
         },
         raft,
@@ -214,8 +233,23 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let expiry = tokio::spawn(expire_leases(member.clone(), lessor.clone()));
 
     tracing::info!("ready to serve client requests");
-    shutdown.await;
-    tracing::info!("received stop signal; shutting down");
+    let status = member.raft().status.clone();
+    tokio::select! {
+        _ = shutdown => {
+            tracing::info!("received stop signal; shutting down");
+            member.hand_off_leadership(3 * s.election_timeout).await;
+        }
+        _ = status.removed_notify.notified() => {
+            // As etcd: a member removed from the cluster stops. A removed
+            // leader first gets a moment to hand off leadership.
+            tracing::warn!(error = "the member has been permanently removed from the cluster", "server error");
+            tracing::warn!(data_dir = %s.data_dir.display(), "data-dir used by this member must be removed");
+            let deadline = tokio::time::Instant::now() + s.election_timeout;
+            while member.is_leader() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = peer_stop_tx.send(true);
     expiry.abort();
@@ -307,4 +341,51 @@ async fn publish_attributes(member: &Member, name: &str, client_urls: &[String])
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// Asks the members named in `--initial-cluster` (all but this one) who the
+/// cluster is, as etcd does before joining: the first that answers tells.
+async fn fetch_cluster(
+    initial: &[InitialMember],
+    name: &str,
+) -> anyhow::Result<(u64, Vec<crate::membership::MemberInfo>)> {
+    use crate::pb::cairnpb::{peer_client::PeerClient, MembersRequest};
+    let urls: Vec<&String> = initial
+        .iter()
+        .filter(|m| m.name != name)
+        .flat_map(|m| &m.peer_urls)
+        .collect();
+    for url in &urls {
+        let Ok(ep) = tonic::transport::Endpoint::from_shared(url.to_string()) else {
+            continue;
+        };
+        let ep = ep
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2));
+        let Ok(ch) = ep.connect().await else {
+            continue;
+        };
+        match PeerClient::new(ch).members(MembersRequest {}).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let members = r
+                    .members
+                    .into_iter()
+                    .map(|m| crate::membership::MemberInfo {
+                        id: m.id,
+                        name: m.name,
+                        peer_urls: m.peer_urls,
+                        client_urls: m.client_urls,
+                        is_learner: m.is_learner,
+                    })
+                    .collect();
+                return Ok((r.cluster_id, members));
+            }
+            Err(e) => tracing::warn!(peer = %url, error = %e, "asking for the member list failed"),
+        }
+    }
+    anyhow::bail!(
+        "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs ({})",
+        urls.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(",")
+    )
 }

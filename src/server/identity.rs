@@ -20,6 +20,10 @@ struct StoredIdentity {
     cluster_id: u64,
     #[prost(message, repeated, tag = "3")]
     members: Vec<PbMember>,
+    /// Joined a running cluster: its raft configuration comes from the
+    /// leader, never from a bootstrap.
+    #[prost(bool, tag = "4")]
+    joined: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -29,6 +33,9 @@ pub struct Identity {
     pub members: Vec<MemberInfo>,
     /// True when this start created the data dir.
     pub new: bool,
+    /// This member joined a running cluster (`--initial-cluster-state
+    /// existing`).
+    pub joined: bool,
 }
 
 /// One member of `--initial-cluster`.
@@ -54,6 +61,7 @@ impl Identity {
                 cluster_id: s.cluster_id,
                 members: s.members.into_iter().map(from_pb).collect(),
                 new: false,
+                joined: s.joined,
             });
         }
         let mut members: Vec<MemberInfo> = initial_cluster
@@ -83,15 +91,90 @@ impl Identity {
             cluster_id: ids::cluster_id(&ids),
             members,
             new: true,
+            joined: false,
         };
-        let stored = StoredIdentity {
-            member_id: identity.member_id,
-            cluster_id: identity.cluster_id,
-            members: identity.members.iter().map(to_pb).collect(),
-        };
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(meta, META_IDENTITY, stored.encode_to_vec());
-        storage.write(batch, true)?;
+        identity.store(storage)?;
         Ok(identity)
     }
+
+    /// Whether the data dir has an identity already.
+    pub fn exists(storage: &Storage) -> Result<bool> {
+        Ok(storage
+            .db()
+            .get_cf(storage.cf(CF_META), META_IDENTITY)?
+            .is_some())
+    }
+
+    /// The identity of a member joining a running cluster, as that cluster
+    /// told it (see [`find_self`]); stored durably.
+    pub fn create_joined(
+        storage: &Storage,
+        member_id: u64,
+        cluster_id: u64,
+        members: Vec<MemberInfo>,
+    ) -> Result<Identity> {
+        let identity = Identity {
+            member_id,
+            cluster_id,
+            members,
+            new: true,
+            joined: true,
+        };
+        identity.store(storage)?;
+        Ok(identity)
+    }
+
+    fn store(&self, storage: &Storage) -> Result<()> {
+        let stored = StoredIdentity {
+            member_id: self.member_id,
+            cluster_id: self.cluster_id,
+            members: self.members.iter().map(to_pb).collect(),
+            joined: self.joined,
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(storage.cf(CF_META), META_IDENTITY, stored.encode_to_vec());
+        storage.write(batch, true)
+    }
+}
+
+/// etcd's checks when joining a running cluster: `--initial-cluster` names
+/// exactly the cluster's members (the new one included, as MemberAdd
+/// printed it), each with the peer URLs the cluster knows; this member is
+/// the one whose peer URLs are `own_peer_urls`. Returns its id.
+pub fn find_self(
+    remote: &[MemberInfo],
+    initial_cluster: &[InitialMember],
+    name: &str,
+) -> std::result::Result<u64, String> {
+    if remote.len() != initial_cluster.len() {
+        return Err(format!(
+            "error validating peerURLs {{ClusterID:... Members:[{}]}}: member count is unequal",
+            remote
+                .iter()
+                .map(|m| format!("{:x}", m.id))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    let sorted = |urls: &[String]| {
+        let mut v = urls.to_vec();
+        v.sort();
+        v
+    };
+    let mut me = None;
+    for local in initial_cluster {
+        let urls = sorted(&local.peer_urls);
+        let Some(m) = remote.iter().find(|m| sorted(&m.peer_urls) == urls) else {
+            return Err(format!(
+                "error validating peerURLs: unmatched member while checking PeerURLs ({:?} is not in the cluster)",
+                local.peer_urls
+            ));
+        };
+        if local.name == name {
+            me = Some(m.id);
+        }
+    }
+    me.ok_or_else(|| {
+        format!("couldn't find local name {name:?} in the initial cluster configuration")
+    })
 }

@@ -6,6 +6,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 
 use crate::apply::{Op, Request, Response};
+use crate::consensus::transport::PeerActivity;
 use crate::consensus::{Command, RaftHandle};
 use crate::error::{Error, Result};
 use crate::membership::Membership;
@@ -19,11 +20,17 @@ pub struct Member {
     pub membership: Arc<Membership>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub max_learners: usize,
+    pub strict_reconfig_check: bool,
+    pub(super) peer_activity: Arc<PeerActivity>,
     raft: RaftHandle,
     store: Arc<MvccStore>,
     storage: Storage,
     next_request: AtomicU64,
     request_timeout: Duration,
+    /// One membership change at a time from this member: raft turns a
+    /// second one proposed before the first applies into a no-op.
+    pub(super) conf_change: tokio::sync::Mutex<()>,
 }
 
 /// Settings a member is built with.
@@ -33,6 +40,9 @@ pub struct MemberSettings {
     pub membership: Arc<Membership>,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub max_learners: usize,
+    pub strict_reconfig_check: bool,
+    pub peer_activity: Arc<PeerActivity>,
     pub election_timeout: Duration,
 }
 
@@ -56,6 +66,10 @@ impl Member {
             membership: settings.membership,
             max_request_bytes: settings.max_request_bytes,
             max_txn_ops: settings.max_txn_ops,
+            max_learners: settings.max_learners,
+            strict_reconfig_check: settings.strict_reconfig_check,
+            peer_activity: settings.peer_activity,
+            conf_change: tokio::sync::Mutex::new(()),
             raft,
             store,
             storage,
@@ -63,6 +77,21 @@ impl Member {
             // etcd's: 5 s plus two election timeouts.
             request_timeout: Duration::from_secs(5) + 2 * settings.election_timeout,
         }
+    }
+
+    /// A number for a proposal, unique among this member's.
+    pub(super) fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(super) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Whether this member is a learner (it serves only Status and
+    /// serializable reads).
+    pub fn is_learner(&self) -> bool {
+        self.membership.get(self.id).is_some_and(|m| m.is_learner)
     }
 
     /// A lease id for a grant that named none: positive, and unique as the

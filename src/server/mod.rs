@@ -3,6 +3,7 @@
 //! reads wait for a ReadIndex round, and knows who it and its cluster are.
 
 mod member;
+mod reconfig;
 
 pub use crate::membership::MemberInfo;
 pub use member::{Member, MemberSettings};

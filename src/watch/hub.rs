@@ -87,6 +87,17 @@ impl WatchHub {
         self.latest.send_replace(rev);
     }
 
+    /// The store jumped to `rev` (a snapshot installed): the ring no longer
+    /// describes it, so streams read what they miss from history.
+    pub fn reset(&self, rev: i64) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            ring.revs.clear();
+            ring.bytes = 0;
+        }
+        self.latest.send_replace(rev);
+    }
+
     /// The events of revisions `from..=to` from memory, oldest first, or
     /// `None` when the ring no longer reaches back to `from`. Cheap: no
     /// I/O, a lock held only to clone `Arc`s.

@@ -9,6 +9,10 @@
 //! that is killed by a signal.
 #![allow(dead_code)]
 
+pub mod check;
+pub mod join;
+pub mod proxy;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_int, c_ulong};
 use std::fs::{File, OpenOptions};
