@@ -241,6 +241,28 @@ async fn leases_follow_the_leader() {
         let ttl = answers.next().await.unwrap().unwrap().ttl;
         assert_eq!(ttl, TTL, "keep-alive through {}", m.endpoint());
     }
+    // The time left is the leader's: a follower asks it, so every member
+    // sees the clock run down (a follower's own view would be the full TTL).
+    let renewed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for m in &members {
+        use cairn::pb::etcdserverpb::LeaseTimeToLiveRequest;
+        let mut lease = LeaseClient::new(channel(&m.endpoint()).await.unwrap());
+        let r = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let most = TTL - renewed.elapsed().as_secs() as i64;
+        assert!(
+            r.ttl <= most && r.ttl >= most - 2,
+            "time to live through {}: {} s left {:?} after the keep-alive (TTL {TTL})",
+            m.endpoint(),
+            r.ttl,
+            renewed.elapsed()
+        );
+        assert_eq!((r.granted_ttl, r.keys.len()), (TTL, 1));
+    }
     members[leader_at].kill9();
     let killed = Instant::now();
     // The key stays at least a TTL after the last keep-alive, then goes

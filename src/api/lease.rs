@@ -1,6 +1,6 @@
-//! The Lease service: grant and revoke go through raft; keep-alive, time to
-//! live and the list are answered by the lessor (on the leader, which a
-//! single member always is).
+//! The Lease service: grant and revoke go through raft; keep-alive and time
+//! to live are answered by the leader's lessor (followers forward them), the
+//! list by the local one.
 
 use std::sync::Arc;
 
@@ -11,9 +11,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{check_leader, check_learner, ResponseStream};
 use crate::apply::{self, Op};
 use crate::error::Error;
+use crate::lease::LeaseInfo;
 use crate::lease::Lessor;
 use crate::pb::cairnpb::peer_client::PeerClient;
-use crate::pb::cairnpb::LeaseRenewRequest;
+use crate::pb::cairnpb::{LeaseRenewRequest, LeaseTtlRequest, LeaseTtlResponse};
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
     LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse,
@@ -117,8 +118,9 @@ impl Lease for LeaseService {
         check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
+        let info = time_to_live(&self.member, &self.lessor, r.id).await?;
         let header = Some(self.member.header(self.current()));
-        let resp = match self.lessor.info(r.id) {
+        let resp = match info {
             Some(info) => LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
@@ -178,6 +180,60 @@ async fn renew(member: &Member, lessor: &Lessor, id: i64) -> Result<i64, Status>
         })
         .await?;
     Ok(resp.into_inner().ttl)
+}
+
+/// A lease's time left, as the leader sees it (deadlines live there): asked
+/// of the leader from a follower, as etcd does.
+async fn time_to_live(
+    member: &Member,
+    lessor: &Lessor,
+    id: i64,
+) -> Result<Option<LeaseInfo>, Status> {
+    if member.is_leader() || member.membership.list().len() == 1 {
+        return Ok(lessor.info(id));
+    }
+    let url = member
+        .leader_peer_url()
+        .ok_or_else(|| Error::NoLeader.status())?;
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(1))
+        .connect()
+        .await
+        .map_err(|_| Error::LeaderChanged.status())?;
+    let r = PeerClient::new(channel)
+        .lease_ttl(LeaseTtlRequest {
+            cluster_id: member.cluster_id,
+            id,
+        })
+        .await?
+        .into_inner();
+    Ok(r.found.then_some(LeaseInfo {
+        id,
+        granted_ttl: r.granted_ttl,
+        remaining: r.ttl,
+        keys: r.keys,
+    }))
+}
+
+/// The leader's side of a time-to-live question from a follower.
+pub fn time_to_live_on_leader(
+    member: &Member,
+    lessor: &Lessor,
+    id: i64,
+) -> Result<LeaseTtlResponse, Status> {
+    if !member.is_leader() {
+        return Err(Error::LeaderChanged.status());
+    }
+    Ok(match lessor.info(id) {
+        Some(i) => LeaseTtlResponse {
+            found: true,
+            ttl: i.remaining,
+            granted_ttl: i.granted_ttl,
+            keys: i.keys,
+        },
+        None => LeaseTtlResponse::default(),
+    })
 }
 
 /// The leader's side of a keep-alive. A lease with a checkpoint of its time

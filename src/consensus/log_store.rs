@@ -6,8 +6,9 @@
 //! entry it was last changed by), `truncated` (index and term of the last
 //! entry removed by log compaction, or of the snapshot the log starts after).
 //!
-//! **Invariant:** [`LogStore::append`] returns only after the entries and
-//! hard state are fsynced; raft-rs is told they are persisted only then.
+//! **Invariant:** [`LogStore::append`] returns only after the entries, the
+//! term and the vote are fsynced; raft-rs is told they are persisted only
+//! then.
 
 use std::collections::VecDeque;
 
@@ -131,8 +132,14 @@ impl LogStore {
     }
 
     /// Appends entries (replacing any conflicting suffix) and saves the hard
-    /// state, durably: one fsync for everything in this call.
+    /// state: one fsync for everything in this call, when anything in it
+    /// must survive a crash. As in etcd, a hard state whose only change is
+    /// the commit index is written without one: a lost commit index is
+    /// learnt again, and RocksDB's log keeps writes in order, so an applied
+    /// index that reached the disk implies the commit index did too.
     pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
+        let must_sync = !entries.is_empty()
+            || hs.is_some_and(|h| h.term != self.hard_state.term || h.vote != self.hard_state.vote);
         let mut batch = WriteBatch::default();
         let log = self.storage.cf(CF_RAFT_LOG);
         if let Some(first) = entries.first() {
@@ -161,7 +168,7 @@ impl LogStore {
                 hs.write_to_bytes().map_err(Error::internal)?,
             );
         }
-        self.storage.write(batch, true)?;
+        self.storage.write(batch, must_sync)?;
         if let Some(first) = entries.first() {
             self.terms
                 .truncate((first.index - self.truncated_index - 1) as usize);

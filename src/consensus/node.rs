@@ -396,8 +396,16 @@ impl Driver {
             // the apply step installs the store staged with it (before any
             // entry that follows).
             let snap = rd.snapshot().clone();
-            self.node.mut_store().apply_snapshot(&snap)?;
             let dir = std::path::PathBuf::from(String::from_utf8_lossy(snap.get_data()).as_ref());
+            // Before the log is touched: stopping here leaves log and store
+            // as they were, and the leader sends the snapshot again.
+            if !super::snapshot::is_complete(&dir) {
+                return Err(Error::Internal(format!(
+                    "raft took a snapshot whose files are missing ({})",
+                    dir.display()
+                )));
+            }
+            self.node.mut_store().apply_snapshot(&snap)?;
             let index = snap.get_metadata().index;
             tracing::info!(
                 index,

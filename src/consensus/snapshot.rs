@@ -33,6 +33,8 @@ const LOCAL_META: &[&[u8]] = &[b"identity"];
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 
 const MARKER: &str = "installing";
+/// Written into a staging directory once every record has arrived.
+const COMPLETE: &str = "complete";
 
 /// Records of one family, in key order.
 pub struct Records {
@@ -147,14 +149,30 @@ pub fn stage(
     if let Some(mut w) = writer.take() {
         w.finish()?;
     }
+    let complete = dir.join(COMPLETE);
+    std::fs::write(&complete, b"").map_err(Error::internal)?;
+    sync_file(&complete)?;
     sync_dir(&dir)?;
     Ok(dir)
+}
+
+/// Whether `dir` holds a whole staged snapshot.
+pub fn is_complete(dir: &Path) -> bool {
+    dir.join(COMPLETE).is_file()
 }
 
 /// Replaces the replicated state with the snapshot staged in `dir`. Not
 /// atomic across families, so it is made repeatable: until it completes, a
 /// marker names `dir`, and [`resume`] finishes it after a crash.
 pub fn install(storage: &Storage, dir: &Path) -> Result<()> {
+    // Checked before anything is cleared: without its files, an install
+    // would leave the store empty where raft believes it full.
+    if !is_complete(dir) {
+        return Err(Error::Internal(format!(
+            "snapshot staged in {} is incomplete",
+            dir.display()
+        )));
+    }
     let root = staging_root(storage);
     let marker = root.join(MARKER);
     std::fs::write(&marker, dir.as_os_str().as_encoded_bytes()).map_err(Error::internal)?;
@@ -171,14 +189,29 @@ pub fn install(storage: &Storage, dir: &Path) -> Result<()> {
                 .db()
                 .ingest_external_file_cf_opts(storage.cf(family), &opts, vec![file])?;
         }
+        crash_here_if_asked();
     }
     // Everything of the new state must be durable before the marker goes.
     storage.db().flush_wal(true)?;
     std::fs::remove_file(&marker).map_err(Error::internal)?;
     sync_dir(&root)?;
-    remove_staged(storage, None);
+    // This one and older ones; a newer one may be arriving right now.
+    remove_staged(storage, |p| p.file_name() <= dir.file_name());
     Ok(())
 }
+
+/// Test hook: with `CAIRN_FAILPOINT_SNAPSHOT_INSTALL` set, the process dies
+/// (abort, no cleanup) after the first family of an install, leaving the
+/// store half replaced — as a crash or power cut at that moment would.
+fn crash_here_if_asked() {
+    if std::env::var_os(FAILPOINT).is_some() {
+        tracing::error!("failpoint {FAILPOINT}: crashing in the middle of a snapshot install");
+        std::process::abort();
+    }
+}
+
+/// The environment variable that arms [`crash_here_if_asked`].
+pub const FAILPOINT: &str = "CAIRN_FAILPOINT_SNAPSHOT_INSTALL";
 
 /// Finishes an install a crash interrupted; removes abandoned staging
 /// directories. Run at start, before anything reads the store.
@@ -190,18 +223,20 @@ pub fn resume(storage: &Storage) -> Result<()> {
         tracing::warn!(dir = %dir.display(), "finishing a snapshot install interrupted by a crash");
         install(storage, &dir)?;
     }
-    remove_staged(storage, None);
+    // Nothing is arriving before the member starts: all of them go.
+    remove_staged(storage, |_| true);
     Ok(())
 }
 
-/// Removes staged snapshots, except `keep`.
-pub fn remove_staged(storage: &Storage, keep: Option<&Path>) {
+/// Removes the staged snapshots `which` picks. Their directory names sort
+/// by term, then index (zero-padded hexadecimal), so older sorts first.
+fn remove_staged(storage: &Storage, which: impl Fn(&Path) -> bool) {
     let Ok(entries) = std::fs::read_dir(staging_root(storage)) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
-        if p.is_dir() && keep != Some(p.as_path()) {
+        if p.is_dir() && which(&p) {
             let _ = std::fs::remove_dir_all(&p);
         }
     }

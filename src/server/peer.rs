@@ -8,15 +8,16 @@ use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::api::lease::renew_on_leader;
+use crate::api::lease::{renew_on_leader, time_to_live_on_leader};
 use crate::consensus::snapshot::{self, Records};
 use crate::consensus::{Command, RaftHandle};
 use crate::lease::Lessor;
 use crate::membership::Membership;
 use crate::pb::cairnpb::peer_server::Peer;
 use crate::pb::cairnpb::{
-    LeaseRenewRequest, LeaseRenewResponse, MembersRequest, MembersResponse, PeerMember,
-    PromoteRequest, PromoteResponse, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
+    LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, LeaseTtlResponse, MembersRequest,
+    MembersResponse, PeerMember, PromoteRequest, PromoteResponse, RaftAck, RaftBatch, SnapshotAck,
+    SnapshotChunk,
 };
 use crate::server::Member;
 use crate::storage::Storage;
@@ -30,6 +31,9 @@ pub struct PeerService {
     lessor: Arc<Lessor>,
     membership: Arc<Membership>,
     storage: Storage,
+    /// One incoming snapshot at a time: two would share a staging directory
+    /// when they are the same snapshot resent.
+    receiving: tokio::sync::Mutex<()>,
 }
 
 /// What the peer service works with.
@@ -53,6 +57,7 @@ impl PeerService {
             lessor: c.lessor,
             membership: c.membership,
             storage: c.storage,
+            receiving: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -117,6 +122,20 @@ impl Peer for PeerService {
         Ok(Response::new(LeaseRenewResponse { ttl }))
     }
 
+    async fn lease_ttl(
+        &self,
+        req: Request<LeaseTtlRequest>,
+    ) -> Result<Response<LeaseTtlResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id, 0)?;
+        let member = self.ready_member().await?;
+        Ok(Response::new(time_to_live_on_leader(
+            &member,
+            &self.lessor,
+            r.id,
+        )?))
+    }
+
     /// Stages the incoming store on disk as it arrives, then hands the raft
     /// message (pointing at the staged files) to raft.
     async fn snapshot(
@@ -135,6 +154,7 @@ impl Peer for PeerService {
         if msg.get_msg_type() != MessageType::MsgSnapshot {
             return Err(Status::invalid_argument("not a snapshot message"));
         }
+        let _one_at_a_time = self.receiving.lock().await;
         let meta = msg.get_snapshot().get_metadata();
         let name = format!("{:016x}-{:016x}", meta.term, meta.index);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Records>(4);

@@ -175,6 +175,14 @@ impl Server {
         self.spawn_and_wait();
     }
 
+    /// Kills the server (kill -9) and starts it again on the same data dir
+    /// and ports, without waiting for it to be ready (it may be meant to
+    /// fail).
+    pub fn restart_no_wait(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
     /// Waits up to `within` for the server to exit on its own (e.g. after it
     /// was removed from the cluster); its exit status, or `None` if it is
     /// still running then (it is left running) or was not running at all.
