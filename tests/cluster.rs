@@ -351,3 +351,56 @@ async fn move_leader_then_clean_stop() {
         );
     }
 }
+
+/// A member bootstrapped with another cluster token belongs to another
+/// cluster (other ids): the others refuse its raft messages, both sides say
+/// why in their logs, and the two members of the real cluster work on
+/// without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_of_another_cluster_is_refused() {
+    let mut members = tokio::task::block_in_place(|| {
+        Server::cluster_spawn_each(
+            Kind::Cairn,
+            &[&[], &[], &["--initial-cluster-token=another-cluster"]],
+        )
+    });
+    tokio::task::block_in_place(|| {
+        members[0].await_ready();
+        members[1].await_ready();
+    });
+    let mut kv = KvClient::new(channel(&members[0].endpoint()).await.unwrap());
+    kv.put(PutRequest {
+        key: b"cl/k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("the two members of the cluster make a quorum");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stranger = std::fs::read_to_string(members[2].log_path()).unwrap_or_default();
+        let ours: String = (0..2)
+            .map(|i| std::fs::read_to_string(members[i].log_path()).unwrap_or_default())
+            .collect();
+        if stranger.contains("peer refused our raft messages")
+            && stranger.contains("cluster ID mismatch")
+            && ours.contains("request sent was ignored due to cluster ID mismatch")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear refusal in the logs; the stranger's:\n{}",
+            members[2].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        members[2].is_running(),
+        "the stranger keeps trying, as etcd's does"
+    );
+    assert!(
+        status(&members[2].endpoint()).await.is_none(),
+        "a member without a cluster serves no clients"
+    );
+}

@@ -233,6 +233,8 @@ struct PeerLink {
 impl PeerLink {
     async fn run(self, mut queue: mpsc::Receiver<Vec<u8>>) {
         let mut backoff = Duration::from_millis(50);
+        // The last reason the peer gave for refusing us, logged once.
+        let mut refused: Option<String> = None;
         loop {
             // Looked up on every connection: the member may have new URLs,
             // or be gone.
@@ -254,15 +256,14 @@ impl PeerLink {
                     continue;
                 }
             };
-            backoff = Duration::from_millis(50);
             let (tx, rx) = mpsc::channel::<RaftBatch>(64);
             let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(rx)).await });
             self.activity.up(self.to);
-            loop {
+            let ended = loop {
                 let first = tokio::select! {
                     m = queue.recv() => m,
-                    // The peer went away (or refused us): reconnect.
-                    _ = &mut call => break,
+                    // The peer went away, or refused us: reconnect.
+                    r = &mut call => break Some(r),
                 };
                 let Some(first) = first else {
                     self.activity.down(self.to);
@@ -283,12 +284,36 @@ impl PeerLink {
                     messages,
                 };
                 if tx.send(batch).await.is_err() {
-                    break;
+                    // The call is over; its outcome says why.
+                    break None;
                 }
-            }
+            };
             self.activity.down(self.to);
             drop(tx);
-            call.abort();
+            let outcome = match ended {
+                Some(r) => r,
+                None => (&mut call).await,
+            };
+            match outcome {
+                Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                    // Another cluster, or not the member we think: say so
+                    // (once per reason), and keep trying slowly.
+                    if refused.as_deref() != Some(status.message()) {
+                        tracing::error!(
+                            peer = %url,
+                            to = format_args!("{:x}", self.to),
+                            error = status.message(),
+                            "peer refused our raft messages"
+                        );
+                        refused = Some(status.message().to_string());
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                _ => {
+                    refused = None;
+                    backoff = Duration::from_millis(50);
+                }
+            }
         }
     }
 }

@@ -84,6 +84,12 @@ impl PeerService {
 
     fn check_cluster(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
         if cluster_id != self.cluster_id {
+            tracing::warn!(
+                local_cluster_id = format_args!("{:x}", self.cluster_id),
+                remote_cluster_id = format_args!("{cluster_id:x}"),
+                remote_member = format_args!("{from:x}"),
+                "request sent was ignored due to cluster ID mismatch"
+            );
             return Err(Status::failed_precondition(format!(
                 "cluster ID mismatch: ours is {:x}, member {from:x} sent {cluster_id:x}",
                 self.cluster_id

@@ -175,6 +175,42 @@ impl Server {
         self.spawn_and_wait();
     }
 
+    /// Starts the members of a cluster (named m0, m1, ...) with flags of
+    /// their own for each (`extra[i]` for member i), without waiting for
+    /// any of them: some may be meant never to become ready.
+    pub fn cluster_spawn_each(kind: Kind, extra: &[&[&str]]) -> Vec<Server> {
+        let ports: Vec<(u16, u16)> = extra.iter().map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        ports
+            .into_iter()
+            .zip(extra)
+            .enumerate()
+            .map(|(i, ((client_port, peer_port), flags))| {
+                let mut s = unstarted(
+                    kind,
+                    &format!("m{i}"),
+                    client_port,
+                    peer_port,
+                    initial.clone(),
+                    flags.iter().map(|f| f.to_string()).collect(),
+                );
+                s.spawn();
+                s
+            })
+            .collect()
+    }
+
+    /// Waits until the server answers `Status` with a leader (panics with
+    /// its log after the harness's deadline).
+    pub fn await_ready(&mut self) {
+        self.wait_ready();
+    }
+
     /// Kills the server (kill -9) and starts it again on the same data dir
     /// and ports, without waiting for it to be ready (it may be meant to
     /// fail).
