@@ -214,8 +214,9 @@ impl Applier {
     /// in `dir`, taken at or after log index `index`), and reloads what the
     /// components keep in memory.
     pub fn install(&mut self, dir: &std::path::Path, index: u64) -> Result<()> {
-        crate::consensus::snapshot::install(&self.storage, dir)?;
-        self.store.reload()?;
+        let storage = self.storage.clone();
+        self.store
+            .replace(|| crate::consensus::snapshot::install(&storage, dir))?;
         self.lessor.reload()?;
         self.membership.reload()?;
         self.hub.reset(self.store.current_revision());

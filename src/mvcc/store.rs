@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 
 use prost::Message;
 use rocksdb::{ReadOptions, SnapshotWithThreadMode, WriteBatch, DB};
@@ -89,6 +89,10 @@ pub struct MvccStore {
     /// Jobs for the compactor thread; taken on drop to stop it.
     compactor: Mutex<Option<mpsc::Sender<CompactJob>>>,
     compactor_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Readers hold it shared; replacing the whole store (a snapshot from
+    /// the leader) holds it exclusively, so no read sees a half-replaced
+    /// store.
+    replacing: RwLock<()>,
 }
 
 impl Drop for MvccStore {
@@ -136,6 +140,7 @@ impl MvccStore {
             compacted: AtomicI64::new(scheduled),
             compactor: Mutex::new(Some(tx)),
             compactor_thread: Mutex::new(Some(thread)),
+            replacing: RwLock::new(()),
         });
         if scheduled > finished {
             store.start_compaction(scheduled, None);
@@ -151,9 +156,21 @@ impl MvccStore {
         self.compacted.load(Ordering::SeqCst)
     }
 
+    /// Replaces the whole store: `replace` rewrites the database (installs
+    /// a snapshot) while no read runs, then the revisions are read again.
+    pub fn replace(&self, replace: impl FnOnce() -> Result<()>) -> Result<()> {
+        let _exclusive = self.replacing.write().unwrap_or_else(|e| e.into_inner());
+        replace()?;
+        self.reload()
+    }
+
+    fn read_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.replacing.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Re-reads the revisions after the database was replaced under the
     /// store (a snapshot installed), resuming its unfinished compaction.
-    pub fn reload(&self) -> Result<()> {
+    fn reload(&self) -> Result<()> {
         let meta = self.storage.cf(CF_META);
         let read_i64 = |k: &[u8]| -> Result<Option<i64>> {
             Ok(self
@@ -175,6 +192,7 @@ impl MvccStore {
 
     /// Reads `[key, end)` (see [`KeyRange`] for `end`'s forms).
     pub fn range(&self, key: &[u8], end: &[u8], opts: &RangeOptions) -> Result<RangeResult> {
+        let _gate = self.read_gate();
         // Order matters: the current revision first, so the snapshot holds
         // every write up to it; the compacted revision last, so a compaction
         // that could remove what we read started after our snapshot.
@@ -203,6 +221,7 @@ impl MvccStore {
     /// carries its key's previous version as `prev_kv` when that version is
     /// still stored. Refuses `from` below the compacted revision.
     pub fn history(&self, from: i64, to: i64, max_revisions: usize) -> Result<Vec<RevisionEvents>> {
+        let _gate = self.read_gate();
         let snap = self.storage.db().snapshot();
         if from < self.compacted_revision() {
             return Err(Error::Compacted);
@@ -255,6 +274,7 @@ impl MvccStore {
     /// member and on etcd. Returns (hash, compacted revision, revision
     /// hashed).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64)> {
+        let _gate = self.read_gate();
         let current = self.current_revision();
         let snap = self.storage.db().snapshot();
         let compacted = self.compacted_revision();

@@ -1,0 +1,1050 @@
+//! Snapshot catch-up benchmark: a member of a 3-member cluster misses a
+//! large batch of writes and catches up from a snapshot, first with the real
+//! etcd, then with cairn.
+//!
+//! For each server:
+//!
+//! 1. start 3 members (default `--snapshot-count`: etcd 3.4's is 100,000 and
+//!    it keeps 5,000 entries after a snapshot; cairn compacts its log every
+//!    `--snapshot-count` entries keeping min(snapshot-count / 2, 5000)), find
+//!    the leader, and kill -9 one follower;
+//! 2. write `SNAP_KEYS` distinct keys (`snap/00000000`, ...) with 1 KiB
+//!    incompressible values through the leader, by 64 concurrent clients over
+//!    8 gRPC connections; reported: writes/s;
+//! 3. restart the follower and measure the time from its spawn until its
+//!    `Status` applied index (`raftAppliedIndex`, or `raftIndex` if the server
+//!    reports no applied index) reaches the leader's and a serializable
+//!    count-only range of `snap/` on it returns as many keys as the leader
+//!    holds (`SNAP_KEYS`, unless some puts failed);
+//! 4. meanwhile sample `VmRSS` of the leader (the snapshot sender) and of the
+//!    catching-up member (the receiver) every 50 ms, and read their `VmHWM`
+//!    at the end (the leader's peak is reset through `/proc/<pid>/clear_refs`
+//!    just before the restart, so both are peaks of the catch-up; printed
+//!    with the max sampled `VmRSS` and a timeline); after catch-up, `du` of
+//!    every member's data dir;
+//! 5. look in the logs (since the restart) for evidence that a snapshot was
+//!    used — cairn: "installing a snapshot from the leader" on the receiver,
+//!    "sent a snapshot" on the leader; etcd: "applied snapshot", "received
+//!    and saved database snapshot", "restored snapshot" on the receiver,
+//!    "sent database snapshot" on the leader — and print the lines, plus
+//!    any error/warning/panic lines.
+//!
+//! Then a table etcd vs cairn with ratios. With the default `SNAP_KEYS`
+//! (200,000 keys, ~200 MiB of values) the whole run takes about 2–3
+//! minutes on a 2-core machine.
+//!
+//! Run (a plain `main`, no harness):
+//!
+//! ```text
+//! export CARGO_TARGET_DIR=$HOME/.cache/cairn/target
+//! cargo build --release --bin cairn
+//! cargo bench --bench snapshot_catchup
+//! SNAP_KEYS=50000 SNAP_COUNT=10000 cargo bench --bench snapshot_catchup   # quick run
+//! SNAP_ONLY=cairn cargo bench --bench snapshot_catchup                     # one server only
+//! CAIRN_BIN=/path/to/cairn cargo bench --bench snapshot_catchup
+//! ```
+//!
+//! Environment:
+//! - `SNAP_KEYS`: number of keys written while the follower is down
+//!   (default 200000).
+//! - `SNAP_COUNT`: if set, `--snapshot-count` passed to every member of both
+//!   servers; otherwise each server's default. Note that with etcd's default
+//!   (100,000) fewer than ~105,000 keys never make etcd's leader compact its
+//!   log past the follower, so etcd then catches up from the log, not from
+//!   a snapshot (the benchmark says so); set e.g. `SNAP_COUNT=10000` for
+//!   small runs.
+//! - `SNAP_ONLY`: `etcd` or `cairn` to run only that server.
+//! - `CAIRN_BIN`: the cairn binary; else `$CARGO_TARGET_DIR/release/cairn`
+//!   if it exists, else the binary Cargo built alongside this benchmark (as
+//!   `benches/cluster.rs`). The one used is printed: compare release with
+//!   release. etcd is `/usr/bin/etcd`.
+//!
+//! Members get the same flags as `benches/cluster.rs` (and `tests/common`'s
+//! `Server::cluster`), each a fresh data dir under the temp dir; every
+//! member is killed and reaped when its part ends (`Drop`, and
+//! `PR_SET_PDEATHSIG` should the benchmark itself be killed), and the data
+//! dirs removed. The client runs on 2 tokio worker threads on the same
+//! machine as the members, so the figures include the contention between
+//! them (and with whatever else runs on the machine).
+
+use std::ffi::{c_int, c_ulong};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn::pb::etcdserverpb::kv_client::KvClient;
+use cairn::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use cairn::pb::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
+use tonic::transport::{Channel, Endpoint};
+
+const ETCD_BIN: &str = "/usr/bin/etcd";
+const MEMBERS: usize = 3;
+const CLIENTS: usize = 64;
+const CONNS: usize = 8;
+const VALUE_BYTES: usize = 1024;
+const DEFAULT_KEYS: usize = 200_000;
+const PREFIX: &[u8] = b"snap/";
+/// The range end covering every key under `PREFIX`.
+const PREFIX_END: &[u8] = b"snap0";
+/// RSS sampling and catch-up polling period.
+const SAMPLE: Duration = Duration::from_millis(50);
+/// The write phase stops early (and says so) after this long.
+const WRITE_DEADLINE: Duration = Duration::from_secs(150);
+/// Catch-up is declared failed after this long.
+const CATCHUP_DEADLINE: Duration = Duration::from_secs(150);
+/// Per-request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------
+// Cluster processes
+// ---------------------------------------------------------------------------
+
+extern "C" {
+    fn prctl(option: c_int, ...) -> c_int;
+}
+
+const SIGKILL: c_int = 9;
+const PR_SET_PDEATHSIG: c_int = 1;
+
+/// A free TCP port on 127.0.0.1, never one this process handed out before.
+fn free_port() -> u16 {
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+struct Member {
+    name: String,
+    endpoint: String,
+    bin: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Member {
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(self.log_path())
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// The log from byte `from` on.
+    fn log_since(&self, from: u64) -> String {
+        let mut buf = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
+            let _ = f.seek(SeekFrom::Start(from));
+            let _ = f.read_to_end(&mut buf);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let s = self.log_since(self.log_len().saturating_sub(64 * 1024));
+        let all: Vec<&str> = s.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Spawns the member (appending to its log).
+    fn spawn(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new(&self.bin);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // Spawned from the main thread, which outlives every member.
+        unsafe {
+            cmd.pre_exec(|| {
+                prctl(PR_SET_PDEATHSIG, SIGKILL as c_ulong);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL and reap; the data dir is kept.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `None` while running, else how it exited.
+    fn exited(&mut self) -> Option<String> {
+        match &mut self.child {
+            Some(c) => match c.try_wait() {
+                Ok(None) => None,
+                Ok(Some(st)) => Some(st.to_string()),
+                Err(e) => Some(e.to_string()),
+            },
+            None => Some("not running".into()),
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    kind: &'static str,
+    members: Vec<Member>,
+    leader: usize,
+}
+
+impl Cluster {
+    /// Prints the log tail of every member that exited, or of all of them
+    /// when `all`. True if every member is still running.
+    fn report_health(&mut self, all: bool) -> bool {
+        let mut ok = true;
+        for m in &mut self.members {
+            let exited = m.exited();
+            if let Some(st) = &exited {
+                ok = false;
+                println!("  !! {} member {} EXITED: {st}", self.kind, m.name);
+            }
+            if exited.is_some() || all {
+                println!(
+                    "  --- {} {} log tail ({}):\n{}\n  ---",
+                    self.kind,
+                    m.name,
+                    m.log_path().display(),
+                    m.log_tail(40)
+                );
+            }
+        }
+        ok
+    }
+}
+
+fn snapshot_count() -> Option<u64> {
+    std::env::var("SNAP_COUNT").ok().map(|s| {
+        s.parse()
+            .unwrap_or_else(|_| panic!("SNAP_COUNT={s}: not a number"))
+    })
+}
+
+/// Spawns `MEMBERS` members of `bin` with `benches/cluster.rs`'s flags.
+fn spawn_cluster(kind: &'static str, bin: &str) -> Vec<Member> {
+    let ports: Vec<(u16, u16)> = (0..MEMBERS).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, (client_port, peer_port))| {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{kind}-snapbench-m{i}-"))
+                .tempdir()
+                .expect("temp dir");
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let mut args = vec![
+                format!("--name=m{i}"),
+                format!("--data-dir={}", dir.path().join("data").display()),
+                format!("--listen-client-urls={client}"),
+                format!("--advertise-client-urls={client}"),
+                format!("--listen-peer-urls={peer}"),
+                format!("--initial-advertise-peer-urls={peer}"),
+                format!("--initial-cluster={initial}"),
+                "--initial-cluster-token=cairn-test".to_string(),
+            ];
+            if kind == "etcd" {
+                args.push("--logger=zap".into());
+                args.push("--log-outputs=stderr".into());
+            }
+            if let Some(n) = snapshot_count() {
+                args.push(format!("--snapshot-count={n}"));
+            }
+            let mut m = Member {
+                name: format!("m{i}"),
+                endpoint: client,
+                bin: bin.to_string(),
+                args,
+                child: None,
+                dir,
+            };
+            m.spawn();
+            m
+        })
+        .collect()
+}
+
+async fn connect(endpoint: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(REQUEST_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| format!("connect {endpoint}: {e}"))
+}
+
+async fn status_on(ch: Channel) -> Result<StatusResponse, String> {
+    MaintenanceClient::new(ch)
+        .status(StatusRequest {})
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| format!("status: {:?}: {}", e.code(), e.message()))
+}
+
+async fn status(endpoint: &str) -> Result<StatusResponse, String> {
+    status_on(connect(endpoint).await?).await
+}
+
+/// The applied index a `Status` reports: `raftAppliedIndex`, or `raftIndex`
+/// for a server that leaves the former at 0.
+fn applied(s: &StatusResponse) -> u64 {
+    if s.raft_applied_index != 0 {
+        s.raft_applied_index
+    } else {
+        s.raft_index
+    }
+}
+
+/// Serializable count-only range of every benchmark key.
+async fn count_on(ch: Channel) -> Result<i64, String> {
+    KvClient::new(ch)
+        .range(RangeRequest {
+            key: PREFIX.to_vec(),
+            range_end: PREFIX_END.to_vec(),
+            count_only: true,
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().count)
+        .map_err(|e| format!("range: {:?}: {}", e.code(), e.message()))
+}
+
+/// The index of the leader every member agrees on, or why not.
+async fn agreed_leader(members: &[Member]) -> Result<usize, String> {
+    let mut ids = Vec::new();
+    let mut leaders = Vec::new();
+    for m in members {
+        let s = status(&m.endpoint).await?;
+        ids.push(s.header.map(|h| h.member_id).unwrap_or(0));
+        leaders.push(s.leader);
+    }
+    if leaders[0] == 0 || leaders.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!("no agreed leader: {leaders:x?}"));
+    }
+    ids.iter()
+        .position(|id| *id == leaders[0])
+        .ok_or_else(|| format!("leader {:x} is not among {ids:x?}", leaders[0]))
+}
+
+/// Starts the cluster and waits until every member answers and agrees on a
+/// leader.
+fn start_cluster(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str) -> Cluster {
+    let mut members = spawn_cluster(kind, bin);
+    let start = Instant::now();
+    loop {
+        for m in &mut members {
+            if let Some(st) = m.exited() {
+                panic!(
+                    "{kind} {} exited during startup ({st}); log:\n{}",
+                    m.name,
+                    m.log_tail(60)
+                );
+            }
+        }
+        match rt.block_on(agreed_leader(&members)) {
+            Ok(leader) => {
+                return Cluster {
+                    kind,
+                    members,
+                    leader,
+                }
+            }
+            Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                let tails: Vec<String> = members
+                    .iter()
+                    .map(|m| format!("--- {}:\n{}", m.name, m.log_tail(30)))
+                    .collect();
+                panic!(
+                    "{kind} cluster not ready after 30 s ({e}); logs:\n{}",
+                    tails.join("\n")
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Memory and disk
+// ---------------------------------------------------------------------------
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn mib(kib: Option<u64>) -> f64 {
+    kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
+fn reset_hwm(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// `du -sk` of a directory, in MiB.
+fn du_mib(dir: &Path) -> f64 {
+    Command::new("du")
+        .arg("-sk")
+        .arg(dir)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(f64::NAN, |k| k as f64 / 1024.0)
+}
+
+/// Samples the RSS (KiB) of a set of processes every `SAMPLE` until
+/// stopped: (seconds since start, one RSS per process).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<(f64, Vec<Option<u64>>)>>,
+}
+
+impl Sampler {
+    fn start(pids: Vec<u32>) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                let rss = pids.iter().map(|p| proc_kib(*p, "VmRSS")).collect();
+                out.push((t0.elapsed().as_secs_f64(), rss));
+                std::thread::sleep(SAMPLE);
+            }
+            out
+        });
+        Sampler { stop, handle }
+    }
+
+    fn finish(self) -> Vec<(f64, Vec<Option<u64>>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writes
+// ---------------------------------------------------------------------------
+
+/// xorshift64*, for incompressible values.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn fill(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    let mut k = PREFIX.to_vec();
+    k.extend_from_slice(format!("{i:08}").as_bytes());
+    k
+}
+
+#[derive(Default)]
+struct Writes {
+    ok: usize,
+    errors: usize,
+    first_error: Option<String>,
+    elapsed: Duration,
+    cut_short: bool,
+}
+
+impl Writes {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Puts keys 0..`total` through `endpoint` with `CLIENTS` clients over
+/// `CONNS` connections.
+async fn write_keys(endpoint: &str, total: usize) -> Writes {
+    let mut channels = Vec::new();
+    for _ in 0..CONNS {
+        match connect(endpoint).await {
+            Ok(ch) => channels.push(ch),
+            Err(e) => {
+                return Writes {
+                    errors: total,
+                    first_error: Some(e),
+                    elapsed: Duration::from_secs(1),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + WRITE_DEADLINE;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mut kv = KvClient::new(channels[c % CONNS].clone());
+            let next = next.clone();
+            let mut rng = Rng::new(c as u64 + 1);
+            tokio::spawn(async move {
+                let mut w = Writes::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        w.cut_short = true;
+                        break;
+                    }
+                    let mut value = vec![0u8; VALUE_BYTES];
+                    rng.fill(&mut value);
+                    let res = kv
+                        .put(PutRequest {
+                            key: key(i),
+                            value,
+                            ..Default::default()
+                        })
+                        .await;
+                    match res {
+                        Ok(_) => w.ok += 1,
+                        Err(e) => {
+                            w.errors += 1;
+                            if w.first_error.is_none() {
+                                w.first_error = Some(format!("{:?}: {}", e.code(), e.message()));
+                            }
+                        }
+                    }
+                }
+                w
+            })
+        })
+        .collect();
+    let mut all = Writes::default();
+    for t in tasks {
+        let w = t.await.unwrap();
+        all.ok += w.ok;
+        all.errors += w.errors;
+        all.cut_short |= w.cut_short;
+        if all.first_error.is_none() {
+            all.first_error = w.first_error;
+        }
+    }
+    all.elapsed = start.elapsed();
+    all
+}
+
+// ---------------------------------------------------------------------------
+// One server's run
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Results {
+    writes_per_s: f64,
+    /// Seconds from the follower's restart until it had every key.
+    catchup_s: Option<f64>,
+    /// MiB: VmHWM during catch-up, max sampled VmRSS.
+    leader_hwm: f64,
+    leader_max_rss: f64,
+    leader_rss_before: f64,
+    recv_hwm: f64,
+    recv_max_rss: f64,
+    recv_rss_after: f64,
+    /// MiB, after catch-up.
+    leader_du: f64,
+    recv_du: f64,
+    snapshot_used: bool,
+}
+
+/// Lines of `log` containing any of `patterns`, each cut to 300 chars.
+fn grep<'a>(log: &'a str, patterns: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| patterns.iter().any(|p| l.contains(p)))
+        .map(|l| cut(l, 300))
+        .collect()
+}
+
+/// `s` cut to at most `max` bytes, at a char boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let at = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap();
+    &s[..at]
+}
+
+fn print_lines(what: &str, lines: &[&str], max: usize) {
+    println!("    {what}: {} line(s)", lines.len());
+    for l in lines.iter().take(max) {
+        println!("      | {l}");
+    }
+    if lines.len() > max {
+        println!("      | ... ({} more)", lines.len() - max);
+    }
+}
+
+fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) -> Results {
+    let t = Instant::now();
+    let mut r = Results::default();
+    let mut cl = start_cluster(rt, kind, bin);
+    let l = cl.leader;
+    let f = (l + 1) % MEMBERS;
+    let other = (l + 2) % MEMBERS;
+    println!(
+        "  {kind}: 3 members up in {:.1} s; leader {}, killing follower {} (kill -9)",
+        t.elapsed().as_secs_f64(),
+        cl.members[l].name,
+        cl.members[f].name
+    );
+    cl.members[f].kill9();
+    let leader_ep = cl.members[l].endpoint.clone();
+    let recv_ep = cl.members[f].endpoint.clone();
+
+    // (2) writes.
+    let w = rt.block_on(write_keys(&leader_ep, n));
+    r.writes_per_s = w.rate();
+    print!(
+        "    writes: {}/{n} ok in {:.1} s = {:.0}/s",
+        w.ok,
+        w.elapsed.as_secs_f64(),
+        w.rate()
+    );
+    if w.errors > 0 {
+        print!(
+            ", {} ERRORS (first: {})",
+            w.errors,
+            w.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    if w.cut_short {
+        print!(", CUT SHORT after {WRITE_DEADLINE:?}");
+    }
+    println!();
+    let (leader_status, expected) = rt.block_on(async {
+        let ch = connect(&leader_ep).await.expect("leader");
+        let s = status_on(ch.clone()).await.expect("leader status");
+        let c = count_on(ch).await.expect("leader count");
+        (s, c)
+    });
+    println!(
+        "    leader: applied index {} (raftIndex {}, raftAppliedIndex {}), {} keys, db size {:.1} MiB",
+        applied(&leader_status),
+        leader_status.raft_index,
+        leader_status.raft_applied_index,
+        expected,
+        leader_status.db_size as f64 / (1 << 20) as f64
+    );
+    if expected != n as i64 {
+        println!("    !! the leader holds {expected} keys, not {n}");
+    }
+    // Let the live follower settle, so it does not compete with catch-up.
+    rt.block_on(async {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok(s) = status(&cl.members[other].endpoint).await {
+                if applied(&s) >= applied(&leader_status) {
+                    break;
+                }
+            }
+            tokio::time::sleep(SAMPLE).await;
+        }
+    });
+
+    // (3) restart the follower and wait until it has every key.
+    let leader_pid = cl.members[l].pid().unwrap();
+    let leader_log_from = cl.members[l].log_len();
+    let recv_log_from = cl.members[f].log_len();
+    r.leader_rss_before = mib(proc_kib(leader_pid, "VmRSS"));
+    let hwm_reset = reset_hwm(leader_pid);
+    if !hwm_reset {
+        println!("    !! could not reset the leader's VmHWM: its peak is since its start");
+    }
+    let t0 = Instant::now();
+    cl.members[f].spawn();
+    let recv_pid = cl.members[f].pid().unwrap();
+    let sampler = Sampler::start(vec![leader_pid, recv_pid]);
+    let mut last = String::new();
+    let outcome: Result<f64, String> = rt.block_on(async {
+        let leader_ch = connect(&leader_ep).await?;
+        let mut recv_ch: Option<Channel> = None;
+        loop {
+            if t0.elapsed() > CATCHUP_DEADLINE {
+                return Err(format!("not caught up after {CATCHUP_DEADLINE:?} ({last})"));
+            }
+            if let Some(st) = cl.members[f].exited() {
+                return Err(format!("the restarted member EXITED: {st}"));
+            }
+            tokio::time::sleep(SAMPLE).await;
+            if recv_ch.is_none() {
+                recv_ch = connect(&recv_ep).await.ok();
+            }
+            let Some(ch) = recv_ch.clone() else { continue };
+            let s = match status_on(ch.clone()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e;
+                    recv_ch = None;
+                    continue;
+                }
+            };
+            let target = match status_on(leader_ch.clone()).await {
+                Ok(ls) => applied(&ls),
+                Err(e) => return Err(format!("leader: {e}")),
+            };
+            last = format!("applied {} of {target}", applied(&s));
+            if applied(&s) < target {
+                continue;
+            }
+            match count_on(ch).await {
+                Ok(c) if c == expected => return Ok(t0.elapsed().as_secs_f64()),
+                Ok(c) => last = format!("applied {} of {target}, {c} keys", applied(&s)),
+                Err(e) => last = e,
+            }
+        }
+    });
+    let samples = sampler.finish();
+    r.leader_hwm = mib(proc_kib(leader_pid, "VmHWM"));
+    r.recv_hwm = mib(proc_kib(recv_pid, "VmHWM"));
+    r.recv_rss_after = mib(proc_kib(recv_pid, "VmRSS"));
+    let max_of = |i: usize| {
+        samples
+            .iter()
+            .filter_map(|(_, v)| v[i])
+            .max()
+            .map_or(f64::NAN, |k| k as f64 / 1024.0)
+    };
+    r.leader_max_rss = max_of(0);
+    r.recv_max_rss = max_of(1);
+    match &outcome {
+        Ok(s) => {
+            r.catchup_s = Some(*s);
+            println!("    caught up in {s:.2} s ({expected} keys on the restarted member)");
+        }
+        Err(e) => println!("    !! catch-up FAILED: {e}"),
+    }
+
+    // (4) memory and disk.
+    println!(
+        "    leader (sender) RSS: {:.0} MiB before, peak {:.0} MiB (VmHWM{}), max sampled {:.0} MiB",
+        r.leader_rss_before,
+        r.leader_hwm,
+        if hwm_reset { "" } else { " since start" },
+        r.leader_max_rss
+    );
+    println!(
+        "    receiver RSS: peak {:.0} MiB (VmHWM), max sampled {:.0} MiB, {:.0} MiB after catch-up",
+        r.recv_hwm, r.recv_max_rss, r.recv_rss_after
+    );
+    // A timeline, about one sample a second.
+    let every = (Duration::from_secs(1).as_millis() / SAMPLE.as_millis()).max(1) as usize;
+    let line: Vec<String> = samples
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % every == 0 || *i == samples.len() - 1)
+        .map(|(_, (ts, v))| format!("{ts:.0}s:{:.0}/{:.0}", mib(v[0]), mib(v[1])))
+        .collect();
+    println!(
+        "    RSS timeline (MiB, sender/receiver): {}",
+        line.join(" ")
+    );
+    let dus: Vec<f64> = cl.members.iter().map(|m| du_mib(&m.data_dir())).collect();
+    r.leader_du = dus[l];
+    r.recv_du = dus[f];
+    println!(
+        "    data dirs after catch-up (du): leader {:.0} MiB, receiver {:.0} MiB, other follower {:.0} MiB",
+        dus[l], dus[f], dus[other]
+    );
+
+    // (5) did a snapshot move?
+    let (recv_pats, send_pats): (&[&str], &[&str]) = if kind == "etcd" {
+        (
+            &[
+                "applied snapshot",
+                "receive MsgSnap",
+                "received and saved database snapshot",
+                "restored snapshot",
+                "receiving database snapshot",
+            ],
+            &["sent database snapshot", "sending database snapshot"],
+        )
+    } else {
+        (&["installing a snapshot", "snapshot"], &["snapshot"])
+    };
+    let recv_log = cl.members[f].log_since(recv_log_from);
+    let leader_log = cl.members[l].log_since(leader_log_from);
+    let recv_snap = grep(&recv_log, recv_pats);
+    let send_snap = grep(&leader_log, send_pats);
+    r.snapshot_used = if kind == "etcd" {
+        recv_snap
+            .iter()
+            .any(|l| l.contains("applied snapshot") || l.contains("restored snapshot"))
+    } else {
+        recv_snap
+            .iter()
+            .any(|l| l.contains("installing a snapshot from the leader"))
+    };
+    println!(
+        "    snapshot used: {}",
+        if r.snapshot_used {
+            "YES"
+        } else {
+            "NO (no install in the receiver's log)"
+        }
+    );
+    print_lines("receiver log, snapshot lines", &recv_snap, 8);
+    print_lines("leader log, snapshot lines", &send_snap, 8);
+    // Errors and warnings, less etcd's routine peer-connection chatter
+    // (rafthttp's "established/lost TCP streaming connection", ...).
+    let bad = [
+        "\"level\":\"error\"",
+        "\"level\":\"fatal\"",
+        "\"level\":\"panic\"",
+        "\"level\":\"warn\"",
+        "\"level\":\"ERROR\"",
+        "\"level\":\"WARN\"",
+        "panicked",
+    ];
+    let noise = ["rafthttp/", "simple token is not cryptographically signed"];
+    for (what, log) in [("receiver", &recv_log), ("leader", &leader_log)] {
+        let all = grep(log, &bad);
+        let shown: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|l| !noise.iter().any(|n| l.contains(n)))
+            .collect();
+        print_lines(
+            &format!(
+                "{what} log since restart, error/warning lines ({} routine peer-connection warnings left out)",
+                all.len() - shown.len()
+            ),
+            &shown,
+            10,
+        );
+    }
+
+    let healthy = cl.report_health(false);
+    if healthy && outcome.is_err() {
+        cl.report_health(true);
+    }
+    println!("    {kind} done in {:.1} s", t.elapsed().as_secs_f64());
+    r
+    // `cl` dropped here: every member killed and reaped, data dirs removed.
+}
+
+fn cairn_bin() -> String {
+    if let Ok(b) = std::env::var("CAIRN_BIN") {
+        return b;
+    }
+    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
+        let p = PathBuf::from(dir).join("release").join("cairn");
+        if p.exists() {
+            return p.display().to_string();
+        }
+    }
+    env!("CARGO_BIN_EXE_cairn").to_string()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let n: usize = std::env::var("SNAP_KEYS")
+        .ok()
+        .map(|s| {
+            s.replace('_', "")
+                .parse()
+                .unwrap_or_else(|_| panic!("SNAP_KEYS={s}: not a number"))
+        })
+        .unwrap_or(DEFAULT_KEYS);
+    let only = std::env::var("SNAP_ONLY").ok();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cairn = cairn_bin();
+    println!(
+        "snapshot catch-up: {MEMBERS} members, {n} keys x {VALUE_BYTES} B ({:.0} MiB of values), \
+         {CLIENTS} clients / {CONNS} connections, --snapshot-count {}; etcd {ETCD_BIN} vs cairn {cairn}",
+        (n * VALUE_BYTES) as f64 / (1 << 20) as f64,
+        snapshot_count().map_or("default".to_string(), |c| c.to_string()),
+    );
+    let run = |kind: &'static str, bin: &str| {
+        if only.as_deref().is_some_and(|o| o != kind) {
+            None
+        } else {
+            Some(bench(&rt, kind, bin, n))
+        }
+    };
+    let e = run("etcd", ETCD_BIN);
+    let c = run("cairn", &cairn);
+
+    println!();
+    println!(
+        "{:<52} {:>10} {:>10} {:>11}",
+        "", "etcd", "cairn", "cairn/etcd"
+    );
+    let nan = Results {
+        writes_per_s: f64::NAN,
+        catchup_s: None,
+        leader_hwm: f64::NAN,
+        leader_max_rss: f64::NAN,
+        leader_rss_before: f64::NAN,
+        recv_hwm: f64::NAN,
+        recv_max_rss: f64::NAN,
+        recv_rss_after: f64::NAN,
+        leader_du: f64::NAN,
+        recv_du: f64::NAN,
+        snapshot_used: false,
+    };
+    let e = e.as_ref().unwrap_or(&nan);
+    let c = c.as_ref().unwrap_or(&nan);
+    // `higher`: a throughput (ratio > 1 is cairn ahead); else a cost (ratio
+    // < 1 is cairn ahead).
+    let row = |label: &str, higher: bool, prec: usize, a: f64, b: f64| {
+        let ratio = if a.abs() < 1e-9 || !a.is_finite() || !b.is_finite() {
+            "-".to_string()
+        } else {
+            format!("{:.2}", b / a)
+        };
+        let label = format!(
+            "{label} [{}]",
+            if higher {
+                "higher is better"
+            } else {
+                "lower is better"
+            }
+        );
+        println!("{label:<52} {a:>10.prec$} {b:>10.prec$} {ratio:>11}");
+    };
+    let secs = |r: &Results| r.catchup_s.unwrap_or(f64::NAN);
+    row(
+        "writes/s (64 clients -> leader)",
+        true,
+        0,
+        e.writes_per_s,
+        c.writes_per_s,
+    );
+    row(
+        "catch-up s (restart -> all keys)",
+        false,
+        2,
+        secs(e),
+        secs(c),
+    );
+    row(
+        "sender (leader) peak RSS MiB",
+        false,
+        0,
+        e.leader_hwm,
+        c.leader_hwm,
+    );
+    row(
+        "  sender max sampled RSS MiB",
+        false,
+        0,
+        e.leader_max_rss,
+        c.leader_max_rss,
+    );
+    row(
+        "  sender RSS before catch-up MiB",
+        false,
+        0,
+        e.leader_rss_before,
+        c.leader_rss_before,
+    );
+    row("receiver peak RSS MiB", false, 0, e.recv_hwm, c.recv_hwm);
+    row(
+        "  receiver max sampled RSS MiB",
+        false,
+        0,
+        e.recv_max_rss,
+        c.recv_max_rss,
+    );
+    row(
+        "leader data dir MiB (du)",
+        false,
+        0,
+        e.leader_du,
+        c.leader_du,
+    );
+    row("receiver data dir MiB (du)", false, 0, e.recv_du, c.recv_du);
+    let yes = |r: &Results| if r.snapshot_used { "yes" } else { "NO" };
+    println!(
+        "{:<52} {:>10} {:>10}",
+        "snapshot used (from the logs)",
+        yes(e),
+        yes(c)
+    );
+}
