@@ -20,8 +20,10 @@
 //!    catching-up member (the receiver) every 50 ms, and read their `VmHWM`
 //!    at the end (the leader's peak is reset through `/proc/<pid>/clear_refs`
 //!    just before the restart, so both are peaks of the catch-up; printed
-//!    with the max sampled `VmRSS` and a timeline); after catch-up, `du` of
-//!    every member's data dir;
+//!    with the max sampled `VmRSS` and `RssAnon` — the latter without
+//!    file-backed pages such as etcd's mmapped bbolt file — and a
+//!    timeline), and the CPU time both use; after catch-up, `du` of every
+//!    member's data dir;
 //! 5. look in the logs (since the restart) for evidence that a snapshot was
 //!    used — cairn: "installing a snapshot from the leader" on the receiver,
 //!    "sent a snapshot" on the leader; etcd: "applied snapshot", "received
@@ -30,8 +32,8 @@
 //!    any error/warning/panic lines.
 //!
 //! Then a table etcd vs cairn with ratios. With the default `SNAP_KEYS`
-//! (200,000 keys, ~200 MiB of values) the whole run takes about 2–3
-//! minutes on a 2-core machine.
+//! (200,000 keys, ~200 MiB of values) the whole run takes about a minute on
+//! a 2-core machine (writes ~20 s per server; each phase has a 150 s cap).
 //!
 //! Run (a plain `main`, no harness):
 //!
@@ -104,7 +106,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 extern "C" {
     fn prctl(option: c_int, ...) -> c_int;
+    fn sysconf(name: c_int) -> std::ffi::c_long;
 }
+
+const SC_CLK_TCK: c_int = 2;
 
 const SIGKILL: c_int = 9;
 const PR_SET_PDEATHSIG: c_int = 1;
@@ -434,6 +439,28 @@ fn mib(kib: Option<u64>) -> f64 {
     kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_s(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, utime 14, stime 15.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let tck = unsafe { sysconf(SC_CLK_TCK) }.max(1) as f64;
+    if f.len() == 2 {
+        (f[0] + f[1]) as f64 / tck
+    } else {
+        f64::NAN
+    }
+}
+
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS.
 fn reset_hwm(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
@@ -456,11 +483,19 @@ fn du_mib(dir: &Path) -> f64 {
         .map_or(f64::NAN, |k| k as f64 / 1024.0)
 }
 
-/// Samples the RSS (KiB) of a set of processes every `SAMPLE` until
-/// stopped: (seconds since start, one RSS per process).
+/// `VmRSS` and `RssAnon` (KiB) of one process at one moment. `RssAnon`
+/// leaves out file-backed pages (etcd's mmapped bbolt file, the binary).
+type Rss = [Option<u64>; 2];
+
+fn rss(pid: u32) -> Rss {
+    [proc_kib(pid, "VmRSS"), proc_kib(pid, "RssAnon")]
+}
+
+/// Samples the RSS of a set of processes every `SAMPLE` until stopped:
+/// (seconds since start, one `Rss` per process).
 struct Sampler {
     stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<(f64, Vec<Option<u64>>)>>,
+    handle: std::thread::JoinHandle<Vec<(f64, Vec<Rss>)>>,
 }
 
 impl Sampler {
@@ -471,8 +506,8 @@ impl Sampler {
             let t0 = Instant::now();
             let mut out = Vec::new();
             while !s.load(Ordering::Relaxed) {
-                let rss = pids.iter().map(|p| proc_kib(*p, "VmRSS")).collect();
-                out.push((t0.elapsed().as_secs_f64(), rss));
+                let now = pids.iter().map(|p| rss(*p)).collect();
+                out.push((t0.elapsed().as_secs_f64(), now));
                 std::thread::sleep(SAMPLE);
             }
             out
@@ -480,7 +515,7 @@ impl Sampler {
         Sampler { stop, handle }
     }
 
-    fn finish(self) -> Vec<(f64, Vec<Option<u64>>)> {
+    fn finish(self) -> Vec<(f64, Vec<Rss>)> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().unwrap()
     }
@@ -616,13 +651,19 @@ struct Results {
     writes_per_s: f64,
     /// Seconds from the follower's restart until it had every key.
     catchup_s: Option<f64>,
-    /// MiB: VmHWM during catch-up, max sampled VmRSS.
+    /// MiB: VmHWM during catch-up, max sampled VmRSS and RssAnon.
     leader_hwm: f64,
     leader_max_rss: f64,
+    leader_max_anon: f64,
     leader_rss_before: f64,
+    leader_anon_before: f64,
     recv_hwm: f64,
     recv_max_rss: f64,
+    recv_max_anon: f64,
     recv_rss_after: f64,
+    /// CPU seconds used during catch-up.
+    leader_cpu: f64,
+    recv_cpu: f64,
     /// MiB, after catch-up.
     leader_du: f64,
     recv_du: f64,
@@ -728,10 +769,12 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
     let leader_log_from = cl.members[l].log_len();
     let recv_log_from = cl.members[f].log_len();
     r.leader_rss_before = mib(proc_kib(leader_pid, "VmRSS"));
+    r.leader_anon_before = mib(proc_kib(leader_pid, "RssAnon"));
     let hwm_reset = reset_hwm(leader_pid);
     if !hwm_reset {
         println!("    !! could not reset the leader's VmHWM: its peak is since its start");
     }
+    let leader_cpu_before = cpu_s(leader_pid);
     let t0 = Instant::now();
     cl.members[f].spawn();
     let recv_pid = cl.members[f].pid().unwrap();
@@ -776,18 +819,22 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
         }
     });
     let samples = sampler.finish();
+    r.leader_cpu = cpu_s(leader_pid) - leader_cpu_before;
+    r.recv_cpu = cpu_s(recv_pid);
     r.leader_hwm = mib(proc_kib(leader_pid, "VmHWM"));
     r.recv_hwm = mib(proc_kib(recv_pid, "VmHWM"));
     r.recv_rss_after = mib(proc_kib(recv_pid, "VmRSS"));
-    let max_of = |i: usize| {
+    let max_of = |pid: usize, field: usize| {
         samples
             .iter()
-            .filter_map(|(_, v)| v[i])
+            .filter_map(|(_, v)| v[pid][field])
             .max()
             .map_or(f64::NAN, |k| k as f64 / 1024.0)
     };
-    r.leader_max_rss = max_of(0);
-    r.recv_max_rss = max_of(1);
+    r.leader_max_rss = max_of(0, 0);
+    r.leader_max_anon = max_of(0, 1);
+    r.recv_max_rss = max_of(1, 0);
+    r.recv_max_anon = max_of(1, 1);
     match &outcome {
         Ok(s) => {
             r.catchup_s = Some(*s);
@@ -795,18 +842,26 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
         }
         Err(e) => println!("    !! catch-up FAILED: {e}"),
     }
+    println!(
+        "    CPU used meanwhile: leader (sender) {:.2} s, receiver {:.2} s",
+        r.leader_cpu, r.recv_cpu
+    );
 
     // (4) memory and disk.
     println!(
-        "    leader (sender) RSS: {:.0} MiB before, peak {:.0} MiB (VmHWM{}), max sampled {:.0} MiB",
+        "    leader (sender) RSS: {:.0} MiB before ({:.0} anon), peak {:.0} MiB (VmHWM{}), \
+         max sampled {:.0} MiB ({:.0} anon)",
         r.leader_rss_before,
+        r.leader_anon_before,
         r.leader_hwm,
         if hwm_reset { "" } else { " since start" },
-        r.leader_max_rss
+        r.leader_max_rss,
+        r.leader_max_anon
     );
     println!(
-        "    receiver RSS: peak {:.0} MiB (VmHWM), max sampled {:.0} MiB, {:.0} MiB after catch-up",
-        r.recv_hwm, r.recv_max_rss, r.recv_rss_after
+        "    receiver RSS: peak {:.0} MiB (VmHWM), max sampled {:.0} MiB ({:.0} anon), \
+         {:.0} MiB after catch-up",
+        r.recv_hwm, r.recv_max_rss, r.recv_max_anon, r.recv_rss_after
     );
     // A timeline, about one sample a second.
     let every = (Duration::from_secs(1).as_millis() / SAMPLE.as_millis()).max(1) as usize;
@@ -814,10 +869,18 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
         .iter()
         .enumerate()
         .filter(|(i, _)| i % every == 0 || *i == samples.len() - 1)
-        .map(|(_, (ts, v))| format!("{ts:.0}s:{:.0}/{:.0}", mib(v[0]), mib(v[1])))
+        .map(|(_, (ts, v))| {
+            format!(
+                "{ts:.0}s:{:.0}({:.0})/{:.0}({:.0})",
+                mib(v[0][0]),
+                mib(v[0][1]),
+                mib(v[1][0]),
+                mib(v[1][1])
+            )
+        })
         .collect();
     println!(
-        "    RSS timeline (MiB, sender/receiver): {}",
+        "    RSS timeline (MiB, sender(anon)/receiver(anon)): {}",
         line.join(" ")
     );
     let dus: Vec<f64> = cl.members.iter().map(|m| du_mib(&m.data_dir())).collect();
@@ -952,7 +1015,7 @@ fn main() {
 
     println!();
     println!(
-        "{:<52} {:>10} {:>10} {:>11}",
+        "{:<58} {:>10} {:>10} {:>11}",
         "", "etcd", "cairn", "cairn/etcd"
     );
     let nan = Results {
@@ -960,14 +1023,25 @@ fn main() {
         catchup_s: None,
         leader_hwm: f64::NAN,
         leader_max_rss: f64::NAN,
+        leader_max_anon: f64::NAN,
         leader_rss_before: f64::NAN,
+        leader_anon_before: f64::NAN,
         recv_hwm: f64::NAN,
         recv_max_rss: f64::NAN,
+        recv_max_anon: f64::NAN,
         recv_rss_after: f64::NAN,
+        leader_cpu: f64::NAN,
+        recv_cpu: f64::NAN,
         leader_du: f64::NAN,
         recv_du: f64::NAN,
         snapshot_used: false,
     };
+    let used = |r: &Option<Results>| match r {
+        None => "-",
+        Some(r) if r.snapshot_used => "yes",
+        Some(_) => "NO",
+    };
+    let (used_e, used_c) = (used(&e), used(&c));
     let e = e.as_ref().unwrap_or(&nan);
     let c = c.as_ref().unwrap_or(&nan);
     // `higher`: a throughput (ratio > 1 is cairn ahead); else a cost (ratio
@@ -986,7 +1060,7 @@ fn main() {
                 "lower is better"
             }
         );
-        println!("{label:<52} {a:>10.prec$} {b:>10.prec$} {ratio:>11}");
+        println!("{label:<58} {a:>10.prec$} {b:>10.prec$} {ratio:>11}");
     };
     let secs = |r: &Results| r.catchup_s.unwrap_or(f64::NAN);
     row(
@@ -1004,6 +1078,20 @@ fn main() {
         secs(c),
     );
     row(
+        "  sender CPU s during catch-up",
+        false,
+        2,
+        e.leader_cpu,
+        c.leader_cpu,
+    );
+    row(
+        "  receiver CPU s during catch-up",
+        false,
+        2,
+        e.recv_cpu,
+        c.recv_cpu,
+    );
+    row(
         "sender (leader) peak RSS MiB",
         false,
         0,
@@ -1018,11 +1106,25 @@ fn main() {
         c.leader_max_rss,
     );
     row(
+        "  sender max sampled RssAnon MiB",
+        false,
+        0,
+        e.leader_max_anon,
+        c.leader_max_anon,
+    );
+    row(
         "  sender RSS before catch-up MiB",
         false,
         0,
         e.leader_rss_before,
         c.leader_rss_before,
+    );
+    row(
+        "  sender RssAnon before catch-up MiB",
+        false,
+        0,
+        e.leader_anon_before,
+        c.leader_anon_before,
     );
     row("receiver peak RSS MiB", false, 0, e.recv_hwm, c.recv_hwm);
     row(
@@ -1033,6 +1135,13 @@ fn main() {
         c.recv_max_rss,
     );
     row(
+        "  receiver max sampled RssAnon MiB",
+        false,
+        0,
+        e.recv_max_anon,
+        c.recv_max_anon,
+    );
+    row(
         "leader data dir MiB (du)",
         false,
         0,
@@ -1040,11 +1149,8 @@ fn main() {
         c.leader_du,
     );
     row("receiver data dir MiB (du)", false, 0, e.recv_du, c.recv_du);
-    let yes = |r: &Results| if r.snapshot_used { "yes" } else { "NO" };
     println!(
-        "{:<52} {:>10} {:>10}",
-        "snapshot used (from the logs)",
-        yes(e),
-        yes(c)
+        "{:<58} {:>10} {:>10}",
+        "snapshot used (from the logs)", used_e, used_c
     );
 }

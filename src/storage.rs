@@ -48,6 +48,10 @@ impl Storage {
         // A small process: two background jobs match the machines we run on
         // and keep compaction from starving the apply thread.
         opts.set_max_background_jobs(2);
+        // RocksDB keeps a write-ahead log file until every family's data in
+        // it is flushed; a family written rarely (raft_state, lease) would
+        // otherwise keep hundreds of MiB of old log files alive.
+        opts.set_max_total_wal_size(64 * 1024 * 1024);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let cfs = FAMILIES.iter().map(|name| {
             let mut o = Options::default();

@@ -158,9 +158,19 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         let mut stop = peer_stop_rx.clone();
         let server = tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(l), async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
+            .serve_with_incoming_shutdown(
+                // Raft messages and snapshot chunks are small writes that
+                // must not wait for Nagle (tonic's own setting does not
+                // reach connections we accept ourselves).
+                TcpListenerStream::new(l).map(|c| {
+                    c.inspect(|t| {
+                        let _ = t.set_nodelay(true);
+                    })
+                }),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            );
         tracing::info!(address = %format!("{host}:{port}"), "listening for peers");
         peer_servers.push(tokio::spawn(server));
     }
