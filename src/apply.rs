@@ -121,6 +121,14 @@ pub fn stored_applied_index(storage: &Storage) -> Result<u64> {
         .unwrap_or(0))
 }
 
+/// The applied index in a consistent view of the database.
+pub fn applied_index_at(storage: &Storage, snap: &rocksdb::Snapshot<'_>) -> Result<u64> {
+    Ok(snap
+        .get_cf(storage.cf(CF_META), META_APPLIED)?
+        .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+        .unwrap_or(0))
+}
+
 impl Applier {
     pub fn open(
         storage: Storage,

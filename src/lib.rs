@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod backup;
 pub mod bbolt;
 pub mod config;
 pub mod consensus;

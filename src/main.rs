@@ -7,6 +7,11 @@ use cairn::server::boot::{self, BootSettings};
 use cairn::server::identity::InitialMember;
 
 fn main() {
+    // `cairn snapshot ...` is etcdctl's snapshot command, not a server.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("snapshot") {
+        std::process::exit(cairn::backup::cli::run(&args[2..]));
+    }
     let cfg = Config::from_env_and_args().unwrap_or_else(|e| e.exit());
     init_logging(&cfg);
     for w in &cfg.warnings {

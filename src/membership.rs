@@ -138,6 +138,22 @@ impl Membership {
     }
 }
 
+/// The members in a consistent view of the database (`fallback` when none
+/// are stored yet).
+pub fn members_at(
+    storage: &Storage,
+    snap: &rocksdb::Snapshot<'_>,
+    fallback: &[MemberInfo],
+) -> Result<Vec<MemberInfo>> {
+    let Some(raw) = snap.get_cf(storage.cf(CF_META), META_MEMBERS)? else {
+        return Ok(fallback.to_vec());
+    };
+    let stored = StoredMembers::decode(raw.as_slice()).map_err(Error::internal)?;
+    let mut members: Vec<MemberInfo> = stored.members.into_iter().map(from_pb).collect();
+    members.sort_by_key(|m| m.id);
+    Ok(members)
+}
+
 fn load(storage: &Storage) -> Result<Option<Vec<MemberInfo>>> {
     let Some(raw) = storage.db().get_cf(storage.cf(CF_META), META_MEMBERS)? else {
         return Ok(None);

@@ -88,6 +88,20 @@ pub fn read(storage: &Storage, mut emit: impl FnMut(Records) -> bool) -> Result<
     Ok(())
 }
 
+/// A new file name for a backup being written (see `crate::backup`), in
+/// the staging directory, which the next start clears.
+pub fn export_path(storage: &Storage) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let root = staging_root(storage);
+    let _ = std::fs::create_dir_all(&root);
+    root.join(format!(
+        "export-{}-{}.db",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
 /// Where incoming snapshots are staged: beside the database.
 pub fn staging_root(storage: &Storage) -> PathBuf {
     let db = storage.db().path();
@@ -225,6 +239,7 @@ pub fn resume(storage: &Storage) -> Result<()> {
     }
     // Nothing is arriving before the member starts: all of them go.
     remove_staged(storage, |_| true);
+    remove_exports(storage);
     Ok(())
 }
 
@@ -238,6 +253,20 @@ fn remove_staged(storage: &Storage, which: impl Fn(&Path) -> bool) {
         let p = e.path();
         if p.is_dir() && which(&p) {
             let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+}
+
+/// Removes backup files a previous run left behind (it stopped while
+/// streaming one).
+fn remove_exports(storage: &Storage) {
+    let Ok(entries) = std::fs::read_dir(staging_root(storage)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_file() && e.file_name().to_string_lossy().starts_with("export-") {
+            let _ = std::fs::remove_file(&p);
         }
     }
 }

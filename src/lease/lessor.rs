@@ -375,3 +375,46 @@ fn load_leases(storage: &Storage) -> Result<HashMap<i64, Lease>> {
     drop(it);
     Ok(leases)
 }
+
+/// Every lease in a consistent view of the database, in id order: (id,
+/// TTL, checkpointed seconds left or 0).
+pub fn leases_at(
+    storage: &Storage,
+    snap: &rocksdb::Snapshot<'_>,
+    mut f: impl FnMut(i64, i64, i64) -> Result<()>,
+) -> Result<()> {
+    let mut it = snap.raw_iterator_cf(storage.cf(CF_LEASE));
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        // Attachment records (id + key) are not leases.
+        if k.len() == 8 {
+            let bad = || Error::Internal("corrupt lease record".into());
+            let id = i64::from_be_bytes(k.try_into().map_err(|_| bad())?);
+            let ttl =
+                i64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+            let remaining = match v.get(8..16) {
+                Some(r) => i64::from_be_bytes(r.try_into().map_err(|_| bad())?),
+                None => 0,
+            };
+            f(id, ttl, remaining)?;
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+/// Restore: a lease as a backup holds it (its TTL and checkpointed time
+/// left), written straight into `batch` before any lessor opens the store.
+pub fn import_lease(storage: &Storage, batch: &mut WriteBatch, id: i64, ttl: i64, remaining: i64) {
+    batch.put_cf(
+        storage.cf(CF_LEASE),
+        id.to_be_bytes(),
+        record(ttl, remaining),
+    );
+}
+
+/// Restore: `key` belongs to lease `id`.
+pub fn import_attachment(storage: &Storage, batch: &mut WriteBatch, id: i64, key: &[u8]) {
+    batch.put_cf(storage.cf(CF_LEASE), attachment(id, key), []);
+}

@@ -4,4 +4,4 @@
 
 mod lessor;
 
-pub use lessor::{LeaseInfo, Lessor, MAX_LEASE_TTL};
+pub use lessor::{import_attachment, import_lease, leases_at, LeaseInfo, Lessor, MAX_LEASE_TTL};

@@ -309,17 +309,9 @@ impl MvccStore {
                 !(tombstone && r.main == compacted)
             };
             if counted {
-                hash = crc32c::crc32c_append(hash, &etcd_revision_key(k));
-                if tombstone {
-                    // etcd's tombstone record holds the key alone.
-                    let bare = KeyValue {
-                        key: kv.key,
-                        ..Default::default()
-                    };
-                    hash = crc32c::crc32c_append(hash, &bare.encode_to_vec());
-                } else {
-                    hash = crc32c::crc32c_append(hash, v);
-                }
+                let (ek, ev) = etcd_record(k, v)?;
+                hash = crc32c::crc32c_append(hash, &ek);
+                hash = crc32c::crc32c_append(hash, &ev);
             }
             it.next();
         }
@@ -778,4 +770,153 @@ fn etcd_revision_key(k: &[u8]) -> Vec<u8> {
     out.push(b'_');
     out.extend_from_slice(&k[8..]);
     out
+}
+
+/// One `kv` record as etcd's `key` bucket holds it: etcd's revision key, and
+/// the value — for a tombstone, the key alone (etcd keeps nothing else).
+fn etcd_record<'v>(k: &[u8], v: &'v [u8]) -> Result<(Vec<u8>, std::borrow::Cow<'v, [u8]>)> {
+    let ek = etcd_revision_key(k);
+    if k.len() > 16 {
+        let kv = KeyValue::decode(v).map_err(Error::internal)?;
+        let bare = KeyValue {
+            key: kv.key,
+            ..Default::default()
+        };
+        return Ok((ek, std::borrow::Cow::Owned(bare.encode_to_vec())));
+    }
+    Ok((ek, std::borrow::Cow::Borrowed(v)))
+}
+
+/// The whole history as etcd's `key` bucket, from a consistent view, in
+/// order: what a backup in etcd's format holds.
+pub fn etcd_key_bucket(
+    storage: &Storage,
+    snap: &Snapshot<'_>,
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut it = snap.raw_iterator_cf(storage.cf(CF_KV));
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let (ek, ev) = etcd_record(k, v)?;
+        f(&ek, &ev)?;
+        it.next();
+    }
+    it.status()?;
+    Ok(())
+}
+
+/// The compaction state in a consistent view: (scheduled, finished)
+/// revisions, -1 when none.
+pub fn compaction_at(storage: &Storage, snap: &Snapshot<'_>) -> Result<(i64, i64)> {
+    let meta = storage.cf(CF_META);
+    let read = |k: &[u8]| -> Result<i64> {
+        Ok(snap
+            .get_cf(meta, k)?
+            .map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
+            .unwrap_or(-1))
+    };
+    Ok((read(META_COMPACT_SCHEDULED)?, read(META_COMPACT_FINISHED)?))
+}
+
+/// Restore: one record of etcd's `key` bucket (etcd's revision key and
+/// value) into our `kv` and `index` families, through `batch`. Returns its
+/// main revision.
+pub fn import_etcd_record(
+    storage: &Storage,
+    batch: &mut WriteBatch,
+    etcd_key: &[u8],
+    value: &[u8],
+) -> Result<i64> {
+    let bad = || Error::Internal(format!("not an etcd revision key: {etcd_key:?}"));
+    if !(etcd_key.len() == 17 || etcd_key.len() == 18 && etcd_key[17] == b't')
+        || etcd_key[8] != b'_'
+    {
+        return Err(bad());
+    }
+    let main = i64::from_be_bytes(etcd_key[..8].try_into().map_err(|_| bad())?);
+    let sub = i64::from_be_bytes(etcd_key[9..17].try_into().map_err(|_| bad())?);
+    let rev = Revision::new(main, sub);
+    let tombstone = etcd_key.len() == 18;
+    let kv = KeyValue::decode(value).map_err(Error::internal)?;
+    if tombstone {
+        // etcd keeps the key alone; ours also knows its revision.
+        let stored = KeyValue {
+            key: kv.key.clone(),
+            mod_revision: main,
+            ..Default::default()
+        };
+        let entry = IndexEntry {
+            tombstone: true,
+            create_revision: 0,
+            version: 0,
+            lease: 0,
+        };
+        batch.put_cf(storage.cf(CF_KV), kv_key(rev, true), stored.encode_to_vec());
+        batch.put_cf(
+            storage.cf(CF_INDEX),
+            index_key(&kv.key, rev),
+            entry.encode(),
+        );
+    } else {
+        let entry = IndexEntry {
+            tombstone: false,
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        };
+        batch.put_cf(storage.cf(CF_KV), kv_key(rev, false), value);
+        batch.put_cf(
+            storage.cf(CF_INDEX),
+            index_key(&kv.key, rev),
+            entry.encode(),
+        );
+    }
+    Ok(main)
+}
+
+/// Restore: the store's revision and compaction state (-1: none).
+pub fn import_revisions(
+    storage: &Storage,
+    batch: &mut WriteBatch,
+    current: i64,
+    compact_scheduled: i64,
+    compact_finished: i64,
+) {
+    let meta = storage.cf(CF_META);
+    batch.put_cf(meta, META_REV, current.max(1).to_be_bytes());
+    if compact_scheduled >= 0 {
+        batch.put_cf(
+            meta,
+            META_COMPACT_SCHEDULED,
+            compact_scheduled.to_be_bytes(),
+        );
+    }
+    if compact_finished >= 0 {
+        batch.put_cf(meta, META_COMPACT_FINISHED, compact_finished.to_be_bytes());
+    }
+}
+
+/// Every live key's lease (keys whose newest version is not a deletion and
+/// carries a lease), in key order, from the stored index.
+pub fn live_leases(storage: &Storage, mut f: impl FnMut(&[u8], i64) -> Result<()>) -> Result<()> {
+    let mut it = storage.db().raw_iterator_cf(storage.cf(CF_INDEX));
+    it.seek_to_first();
+    let mut last_prefix: Option<Vec<u8>> = None;
+    while let Some(k) = it.key() {
+        let (plen, key, _) = decode_index_key(k).ok_or_else(corrupt_index)?;
+        // Newest version first: only the first record of each key counts.
+        if last_prefix.as_deref() != Some(&k[..plen]) {
+            last_prefix = Some(k[..plen].to_vec());
+            let entry = it
+                .value()
+                .and_then(IndexEntry::decode)
+                .ok_or_else(corrupt_index)?;
+            if !entry.tombstone && entry.lease != 0 {
+                f(&key, entry.lease)?;
+            }
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok(())
 }

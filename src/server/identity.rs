@@ -39,6 +39,7 @@ pub struct Identity {
 }
 
 /// One member of `--initial-cluster`.
+#[derive(Debug, Clone)]
 pub struct InitialMember {
     pub name: String,
     pub peer_urls: Vec<String>,

@@ -12,6 +12,7 @@
 pub mod check;
 pub mod join;
 pub mod proxy;
+pub mod restore;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_int, c_ulong};
