@@ -13,12 +13,14 @@ use raft::prelude::{ConfChange, ConfChangeType};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
+use crate::alarm::Alarms;
 use crate::error::{Error, Result};
 use crate::kv::write;
 use crate::lease::Lessor;
 use crate::membership::{MemberInfo, Membership};
 use crate::mvcc::{MvccStore, WriteOutcome};
 use crate::pb::etcdserverpb::Member as PbMember;
+use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmType};
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseCheckpointRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
@@ -38,7 +40,7 @@ pub struct Request {
     pub id: u64,
     #[prost(uint64, tag = "2")]
     pub member: u64,
-    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
+    #[prost(oneof = "Op", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub op: Option<Op>,
 }
 
@@ -65,6 +67,9 @@ pub enum Op {
     /// configuration change, since the voters stay the same).
     #[prost(message, tag = "11")]
     UpdateMember(PbMember),
+    /// Raise or clear an alarm (etcd's Alarm ACTIVATE / DEACTIVATE).
+    #[prost(message, tag = "12")]
+    Alarm(AlarmRequest),
 }
 
 /// The context of a raft conf change entry: who waits for it, and the
@@ -93,6 +98,8 @@ pub enum Response {
     PublishMember,
     /// A membership change or update is in effect.
     Members,
+    /// The alarms after an alarm change.
+    Alarm(Vec<AlarmMember>),
 }
 
 /// An applied request and whom to tell.
@@ -108,6 +115,7 @@ pub struct Applier {
     lessor: Arc<Lessor>,
     hub: Arc<WatchHub>,
     membership: Arc<Membership>,
+    alarms: Arc<Alarms>,
     applied: u64,
 }
 
@@ -136,6 +144,7 @@ impl Applier {
         lessor: Arc<Lessor>,
         hub: Arc<WatchHub>,
         membership: Arc<Membership>,
+        alarms: Arc<Alarms>,
     ) -> Result<Applier> {
         let applied = stored_applied_index(&storage)?;
         Ok(Applier {
@@ -144,6 +153,7 @@ impl Applier {
             lessor,
             hub,
             membership,
+            alarms,
             applied,
         })
     }
@@ -227,6 +237,7 @@ impl Applier {
             .replace(|| crate::consensus::snapshot::install(&storage, dir))?;
         self.lessor.reload()?;
         self.membership.reload()?;
+        self.alarms.reload()?;
         self.hub.reset(self.store.current_revision());
         self.applied = stored_applied_index(&self.storage)?;
         if self.applied < index {
@@ -273,10 +284,32 @@ impl Applier {
             self.apply_empty(index)?;
             return Err(Error::Internal("empty request".into()));
         };
+        // etcd's capped applier: with NOSPACE raised, nothing that adds
+        // data is applied (deletes, compactions and revokes still are, so
+        // space can be freed).
+        if self.alarms.has(AlarmType::Nospace) && adds_data(&op) {
+            self.apply_empty(index)?;
+            return Err(Error::NoSpace);
+        }
         let store = self.store.clone();
         let lessor = self.lessor.clone();
         let mut w = store.write();
         let result = match &op {
+            Op::Alarm(a) => {
+                drop(w);
+                let mut batch = WriteBatch::default();
+                match AlarmAction::try_from(a.action) {
+                    Ok(AlarmAction::Activate) => {
+                        self.alarms.activate(a.member_id, a.alarm, &mut batch)
+                    }
+                    Ok(AlarmAction::Deactivate) => {
+                        self.alarms.deactivate(a.member_id, a.alarm, &mut batch)
+                    }
+                    _ => {}
+                }
+                self.commit(index, batch)?;
+                return Ok(Response::Alarm(self.alarms.list()));
+            }
             Op::Compact(c) => {
                 drop(w);
                 return self.compact(index, c);
@@ -413,6 +446,27 @@ impl Applier {
         self.storage.write(batch, false)?;
         self.applied = index;
         Ok(())
+    }
+}
+
+/// Whether a request would add data: what the NOSPACE alarm stops (etcd
+/// counts a txn by the puts in either branch, nested ones included).
+pub fn adds_data(op: &Op) -> bool {
+    fn txn_puts(t: &TxnRequest) -> bool {
+        use crate::pb::etcdserverpb::request_op::Request as R;
+        t.success
+            .iter()
+            .chain(&t.failure)
+            .any(|r| match &r.request {
+                Some(R::RequestPut(_)) => true,
+                Some(R::RequestTxn(inner)) => txn_puts(inner),
+                _ => false,
+            })
+    }
+    match op {
+        Op::Put(_) | Op::LeaseGrant(_) => true,
+        Op::Txn(t) => txn_puts(t),
+        _ => false,
     }
 }
 

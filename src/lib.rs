@@ -1,6 +1,7 @@
 //! cairn: an etcd-compatible key-value server. See ARCHITECTURE.md for the
 //! map; the modules follow the write path from top to bottom.
 
+pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod backup;

@@ -61,6 +61,11 @@ fn main() {
         snapshot_count: cfg.snapshot_count,
         max_learners: cfg.max_learners.max(0) as usize,
         strict_reconfig_check: cfg.strict_reconfig_check,
+        // etcd: 0 means its default of 2 GiB, a negative value no quota.
+        quota_backend_bytes: match cfg.quota_backend_bytes {
+            0 => 2 * 1024 * 1024 * 1024,
+            q => q,
+        },
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
         heartbeat: cfg.heartbeat_interval,

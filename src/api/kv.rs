@@ -33,6 +33,27 @@ impl KvService {
     }
 }
 
+/// What etcd's quota counts for a put: the request plus a fixed overhead.
+fn put_cost(r: &PutRequest) -> usize {
+    const KV_OVERHEAD: usize = 256;
+    KV_OVERHEAD + r.key.len() + r.value.len()
+}
+
+/// A txn costs the puts of its costlier branch (nested txns included).
+fn txn_cost(t: &TxnRequest) -> usize {
+    use crate::pb::etcdserverpb::request_op::Request as R;
+    let branch = |ops: &[crate::pb::etcdserverpb::RequestOp]| -> usize {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(R::RequestPut(p)) => put_cost(p),
+                Some(R::RequestTxn(inner)) => txn_cost(inner),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
+}
+
 fn unexpected() -> Status {
     Error::Internal("unexpected response kind".into()).status()
 }
@@ -61,6 +82,7 @@ impl Kv for KvService {
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         validate::check_put(&r)?;
+        self.member.check_quota(put_cost(&r)).await?;
         match self.write(Op::Put(r)).await? {
             apply::Response::Put(mut p) => {
                 p.header = self.header(p.header);
@@ -92,6 +114,10 @@ impl Kv for KvService {
         check_leader(&self.member, &req)?;
         let r = req.into_inner();
         validate::check_txn(&r, self.member.max_txn_ops)?;
+        let cost = txn_cost(&r);
+        if cost > 0 {
+            self.member.check_quota(cost).await?;
+        }
         match self.write(Op::Txn(r)).await? {
             apply::Response::Txn(mut t) => {
                 t.header = self.header(t.header);

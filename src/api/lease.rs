@@ -51,6 +51,9 @@ impl Lease for LeaseService {
         if r.id == 0 {
             r.id = self.member.next_lease_id();
         }
+        // etcd counts a lease as this many bytes against the quota.
+        const LEASE_OVERHEAD: usize = 64;
+        self.member.check_quota(LEASE_OVERHEAD).await?;
         match self.member.propose(Op::LeaseGrant(r)).await? {
             apply::Response::LeaseGrant(mut g) => {
                 g.header = Some(self.member.header(g.header.map_or(0, |h| h.revision)));

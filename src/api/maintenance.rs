@@ -1,4 +1,5 @@
-//! The Maintenance service: Status, HashKV, MoveLeader and the alarm list.
+//! The Maintenance service: Status, HashKV, Snapshot, MoveLeader, Alarm and
+//! Defragment.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,8 +9,9 @@ use tonic::{Request, Response, Status};
 use super::{check_leader, check_learner, ResponseStream};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, HashKvRequest, HashKvResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    HashKvRequest, HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::server::Member;
 
@@ -42,7 +44,7 @@ impl Maintenance for MaintenanceService {
             raft_index: raft.commit.load(Ordering::SeqCst),
             raft_term: raft.term.load(Ordering::SeqCst),
             raft_applied_index: raft.applied.load(Ordering::SeqCst),
-            errors: Vec::new(),
+            errors: m.alarms.list().iter().map(crate::alarm::describe).collect(),
             db_size_in_use,
             is_learner: m.is_learner(),
             ..Default::default()
@@ -125,15 +127,44 @@ impl Maintenance for MaintenanceService {
         )))
     }
 
-    /// No alarms exist yet (the NOSPACE and CORRUPT alarms come with the
-    /// quota and corruption checks); etcdctl's `endpoint health` asks.
+    /// The alarm list, and raising or clearing alarms (through raft, so
+    /// every member sees the same alarms).
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
+        let r = req.into_inner();
+        let alarms = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Activate) | Ok(AlarmAction::Deactivate) => {
+                match self.member.propose(crate::apply::Op::Alarm(r)).await? {
+                    crate::apply::Response::Alarm(list) => list,
+                    _ => return Err(Status::internal("unexpected response kind")),
+                }
+            }
+            _ => self.member.alarms.list(),
+        };
         let rev = self.member.store().current_revision();
         Ok(Response::new(AlarmResponse {
             header: Some(self.member.header(rev)),
-            alarms: Vec::new(),
+            alarms,
+        }))
+    }
+
+    /// Reclaims the space of deleted and compacted data. RocksDB compacts
+    /// in the background, so unlike etcd's this blocks neither reads nor
+    /// writes.
+    async fn defragment(
+        &self,
+        req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        check_learner(&self.member, false)?;
+        check_leader(&self.member, &req)?;
+        let storage = self.member.storage().clone();
+        tokio::task::spawn_blocking(move || storage.compact_all())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let rev = self.member.store().current_revision();
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.member.header(rev)),
         }))
     }
 }

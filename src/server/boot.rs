@@ -54,6 +54,8 @@ pub struct BootSettings {
     pub snapshot_count: u64,
     pub max_learners: usize,
     pub strict_reconfig_check: bool,
+    /// Raise NOSPACE past this many bytes; 0 or less: no quota.
+    pub quota_backend_bytes: i64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub heartbeat: Duration,
@@ -103,12 +105,14 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     )?);
     let hub = WatchHub::new(store.clone());
     let membership = Membership::open(storage.clone(), identity.members.clone())?;
+    let alarms = Arc::new(crate::alarm::Alarms::open(storage.clone())?);
     let applier = Applier::open(
         storage.clone(),
         store.clone(),
         lessor.clone(),
         hub.clone(),
         membership.clone(),
+        alarms.clone(),
     )?;
     let log = LogStore::open(storage.clone())?;
     let transport = Transport::new(
@@ -185,6 +189,8 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             max_learners: s.max_learners,
             strict_reconfig_check: s.strict_reconfig_check,
             peer_activity,
+            alarms,
+            quota_backend_bytes: s.quota_backend_bytes,
             election_timeout: s.election_timeout,
         },
         raft,

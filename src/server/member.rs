@@ -5,6 +5,7 @@ use std::time::Duration;
 use prost::Message;
 use tokio::sync::oneshot;
 
+use crate::alarm::Alarms;
 use crate::apply::{Op, Request, Response};
 use crate::consensus::transport::PeerActivity;
 use crate::consensus::{Command, RaftHandle};
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
 use crate::pb::etcdserverpb::ResponseHeader;
+use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::storage::Storage;
 
 pub struct Member {
@@ -23,6 +25,8 @@ pub struct Member {
     pub max_learners: usize,
     pub strict_reconfig_check: bool,
     pub(super) peer_activity: Arc<PeerActivity>,
+    pub alarms: Arc<Alarms>,
+    quota_backend_bytes: i64,
     raft: RaftHandle,
     store: Arc<MvccStore>,
     storage: Storage,
@@ -43,6 +47,8 @@ pub struct MemberSettings {
     pub max_learners: usize,
     pub strict_reconfig_check: bool,
     pub peer_activity: Arc<PeerActivity>,
+    pub alarms: Arc<Alarms>,
+    pub quota_backend_bytes: i64,
     pub election_timeout: Duration,
 }
 
@@ -69,6 +75,8 @@ impl Member {
             max_learners: settings.max_learners,
             strict_reconfig_check: settings.strict_reconfig_check,
             peer_activity: settings.peer_activity,
+            alarms: settings.alarms,
+            quota_backend_bytes: settings.quota_backend_bytes,
             conf_change: tokio::sync::Mutex::new(()),
             raft,
             store,
@@ -145,6 +153,38 @@ impl Member {
             revision,
             raft_term: self.raft.status.term.load(Ordering::SeqCst),
         }
+    }
+
+    /// etcd's quota check before a write that adds `cost` bytes: past
+    /// `--quota-backend-bytes`, the write is refused and the NOSPACE alarm
+    /// raised (through raft, so every member refuses such writes).
+    pub async fn check_quota(&self, cost: usize) -> Result<()> {
+        if self.quota_backend_bytes <= 0 {
+            return Ok(());
+        }
+        let (size, _) = self.storage.size();
+        if size.saturating_add(cost as i64) <= self.quota_backend_bytes {
+            return Ok(());
+        }
+        if !self.alarms.has(AlarmType::Nospace) {
+            tracing::warn!(
+                size,
+                quota = self.quota_backend_bytes,
+                "database space exceeded; raising the NOSPACE alarm"
+            );
+            let _ = self.raise_alarm(AlarmType::Nospace).await;
+        }
+        Err(Error::NoSpace)
+    }
+
+    /// Raises an alarm for this member through raft.
+    pub async fn raise_alarm(&self, alarm: AlarmType) -> Result<Response> {
+        self.propose(Op::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.id,
+            alarm: alarm as i32,
+        }))
+        .await
     }
 
     /// Replicates a write and waits until this member has applied it.
