@@ -142,7 +142,13 @@ pub fn write_etcd_db(
     meta.push((b"term", term.to_be_bytes().to_vec()));
     w.write_bucket(b"meta", meta).map_err(bolt)?;
 
-    let file = w.finish_sync().map_err(bolt)?;
+    // Not synced: the file is read back at once and then removed, and
+    // forcing it to disk would stall the member's own log syncs.
+    let file = w
+        .finish()
+        .map_err(bolt)?
+        .into_inner()
+        .map_err(|e| Error::internal(e.error()))?;
     let size = file.metadata().map_err(Error::internal)?.len();
     Ok(Exported {
         size,
