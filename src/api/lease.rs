@@ -13,7 +13,6 @@ use crate::apply::{self, Op};
 use crate::error::Error;
 use crate::lease::LeaseInfo;
 use crate::lease::Lessor;
-use crate::pb::cairnpb::peer_client::PeerClient;
 use crate::pb::cairnpb::{LeaseRenewRequest, LeaseTtlRequest, LeaseTtlResponse};
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
@@ -167,16 +166,9 @@ async fn renew(member: &Member, lessor: &Lessor, id: i64) -> Result<i64, Status>
     if member.is_leader() || member.membership.list().len() == 1 {
         return renew_on_leader(member, lessor, id).await;
     }
-    let url = member
-        .leader_peer_url()
-        .ok_or_else(|| Error::NoLeader.status())?;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| Status::internal(e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|_| Error::LeaderChanged.status())?;
-    let resp = PeerClient::new(channel)
+    let resp = member
+        .leader_peer()
+        .await?
         .lease_renew(LeaseRenewRequest {
             cluster_id: member.cluster_id,
             id,
@@ -195,16 +187,9 @@ async fn time_to_live(
     if member.is_leader() || member.membership.list().len() == 1 {
         return Ok(lessor.info(id));
     }
-    let url = member
-        .leader_peer_url()
-        .ok_or_else(|| Error::NoLeader.status())?;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .map_err(|e| Status::internal(e.to_string()))?
-        .connect_timeout(std::time::Duration::from_secs(1))
-        .connect()
-        .await
-        .map_err(|_| Error::LeaderChanged.status())?;
-    let r = PeerClient::new(channel)
+    let r = member
+        .leader_peer()
+        .await?
         .lease_ttl(LeaseTtlRequest {
             cluster_id: member.cluster_id,
             id,

@@ -16,21 +16,11 @@ use std::path::Path;
 
 use prost::Message;
 
+use super::LeaseRecord;
 use crate::bbolt::{Writer, WriterOptions};
 use crate::error::{Error, Result};
 use crate::membership::MemberInfo;
 use crate::storage::Storage;
-
-/// etcd's `leasepb.Lease`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct LeaseRecord {
-    #[prost(int64, tag = "1")]
-    id: i64,
-    #[prost(int64, tag = "2")]
-    ttl: i64,
-    #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
-}
 
 /// What went into the file.
 #[derive(Debug, Clone, PartialEq, Eq)]

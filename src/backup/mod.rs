@@ -9,3 +9,14 @@ pub mod restore;
 pub mod status;
 
 pub use export::{write_etcd_db, Exported};
+
+/// etcd's `leasepb.Lease`, as its `lease` bucket holds it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct LeaseRecord {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl: i64,
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl: i64,
+}

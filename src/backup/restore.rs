@@ -18,6 +18,7 @@ use prost::Message;
 use rocksdb::WriteBatch;
 use sha2::{Digest, Sha256};
 
+use super::LeaseRecord;
 use crate::bbolt::Db;
 use crate::server::identity::{Identity, InitialMember};
 use crate::storage::Storage;
@@ -45,17 +46,6 @@ pub struct Restored {
     pub revision: i64,
     pub records: u64,
     pub leases: u64,
-}
-
-/// etcd's `leasepb.Lease`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct LeaseRecord {
-    #[prost(int64, tag = "1")]
-    id: i64,
-    #[prost(int64, tag = "2")]
-    ttl: i64,
-    #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
 }
 
 /// Restores `opts.file` into the new data dir `opts.data_dir`. Errors are

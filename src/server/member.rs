@@ -12,6 +12,7 @@ use crate::consensus::{Command, RaftHandle};
 use crate::error::{Error, Result};
 use crate::membership::Membership;
 use crate::mvcc::MvccStore;
+use crate::pb::cairnpb::peer_client::PeerClient;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::storage::Storage;
@@ -143,6 +144,23 @@ impl Member {
         self.membership
             .get(leader)
             .and_then(|m| m.peer_urls.first().cloned())
+    }
+
+    /// A client of the leader's peer service, for what only the leader can
+    /// answer (keep-alives, time to live, promotions).
+    pub async fn leader_peer(
+        &self,
+    ) -> std::result::Result<PeerClient<tonic::transport::Channel>, tonic::Status> {
+        let url = self
+            .leader_peer_url()
+            .ok_or_else(|| Error::NoLeader.status())?;
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| tonic::Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .map_err(|_| Error::LeaderChanged.status())?;
+        Ok(PeerClient::new(channel))
     }
 
     /// A response header as etcd fills it.

@@ -18,7 +18,6 @@ use crate::config::EtcdUrl;
 use crate::consensus::Command;
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::pb::cairnpb::peer_client::PeerClient;
 use crate::pb::cairnpb::PromoteRequest;
 use crate::pb::etcdserverpb::Member as PbMember;
 
@@ -208,16 +207,8 @@ impl Member {
         if self.is_leader() {
             return Ok(self.promote_on_leader(id).await?);
         }
-        let url = self
-            .leader_peer_url()
-            .ok_or_else(|| Error::NoLeader.status())?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(1))
-            .connect()
-            .await
-            .map_err(|_| Error::LeaderChanged.status())?;
-        PeerClient::new(channel)
+        self.leader_peer()
+            .await?
             .promote(PromoteRequest {
                 cluster_id: self.cluster_id,
                 id,
