@@ -76,20 +76,25 @@
 //! figures include the contention between them (and with whatever else runs
 //! on the machine).
 
-use std::ffi::{c_int, c_long, c_ulong};
-use std::io::{Read, Seek, SeekFrom};
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::ffi::{c_int, c_long};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::pb::etcdserverpb::kv_client::KvClient;
-use cairn::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn::pb::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
-use tonic::transport::{Channel, Endpoint};
+use cairn::pb::etcdserverpb::{PutRequest, RangeRequest};
+use tonic::transport::Channel;
 
-const ETCD_BIN: &str = "/usr/bin/etcd";
+use harness::{
+    command, connect, cut, du_mib, free_port, mib, proc_kib, reset_hwm, status_on, Load, Rng,
+    Sampler, ETCD_BIN,
+};
+
 const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
 const CLIENTS: usize = 64;
 const CONNS: usize = 8;
@@ -111,8 +116,6 @@ const READY_DEADLINE: Duration = Duration::from_secs(300);
 const BASELINE: Duration = Duration::from_secs(3);
 /// Background writes go on this long after the save.
 const AFTER_SAVE: Duration = Duration::from_secs(1);
-/// Per-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Processes
@@ -130,45 +133,7 @@ struct Rusage {
 }
 
 extern "C" {
-    fn prctl(option: c_int, ...) -> c_int;
     fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
-}
-
-const SIGKILL: c_int = 9;
-const PR_SET_PDEATHSIG: c_int = 1;
-
-/// A free TCP port on 127.0.0.1, never one this process handed out before.
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// A command without the caller's `ETCD*` variables, killed with the
-/// benchmark (`PR_SET_PDEATHSIG`; spawned from the main thread, which
-/// outlives every child).
-fn command(bin: &str) -> Command {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ETCD") {
-            cmd.env_remove(&k);
-        }
-    }
-    unsafe {
-        cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL as c_ulong);
-            Ok(())
-        });
-    }
-    cmd
 }
 
 /// How a command ran.
@@ -270,30 +235,16 @@ impl Server {
             || format!("http://127.0.0.1:{}", free_port()),
             str::to_string,
         );
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut cmd = command(bin);
-        cmd.args([
-            "--name=m0".to_string(),
-            format!("--data-dir={}", data_dir.display()),
-            format!("--listen-client-urls={endpoint}"),
-            format!("--advertise-client-urls={endpoint}"),
-            format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=m0={peer}"),
-            format!("--initial-cluster-token={TOKEN}"),
-            format!("--quota-backend-bytes={QUOTA_BYTES}"),
-        ]);
-        if kind == "etcd" {
-            cmd.args(["--logger=zap", "--log-outputs=stderr"]);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone().unwrap())
-            .stderr(logf);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+        let mut args = harness::member_args(
+            "m0",
+            data_dir,
+            &endpoint,
+            &peer,
+            &format!("m0={peer}"),
+            TOKEN,
+        );
+        args.push(format!("--quota-backend-bytes={QUOTA_BYTES}"));
+        let child = harness::spawn_logged(kind, bin, &args, log);
         Server {
             kind,
             endpoint,
@@ -308,26 +259,11 @@ impl Server {
 
     /// `None` while running, else how it exited.
     fn exited(&mut self) -> Option<String> {
-        match &mut self.child {
-            Some(c) => match c.try_wait() {
-                Ok(None) => None,
-                Ok(Some(st)) => Some(st.to_string()),
-                Err(e) => Some(e.to_string()),
-            },
-            None => Some("not running".into()),
-        }
+        harness::exited(&mut self.child)
     }
 
     fn log_tail(&self, lines: usize) -> String {
-        let mut buf = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-            let _ = f.read_to_end(&mut buf);
-        }
-        let s = String::from_utf8_lossy(&buf);
-        let all: Vec<&str> = s.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        harness::log_tail(&self.log, lines)
     }
 
     /// Error, warning and panic lines of the log (etcd's routine ones left
@@ -369,10 +305,7 @@ impl Server {
 
     /// SIGKILL and reap; the data dir is kept.
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        harness::kill(&mut self.child);
     }
 }
 
@@ -382,53 +315,13 @@ impl Drop for Server {
     }
 }
 
-/// `s` cut to at most `max` bytes, at a char boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let at = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap();
-    &s[..at]
-}
-
 // ---------------------------------------------------------------------------
 // gRPC
 // ---------------------------------------------------------------------------
 
-async fn connect(endpoint: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("connect {endpoint}: {e}"))
-}
-
-async fn status_on(ch: Channel) -> Result<StatusResponse, String> {
-    MaintenanceClient::new(ch)
-        .status(StatusRequest {})
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| format!("status: {:?}: {}", e.code(), e.message()))
-}
-
 /// Serializable count-only range of every benchmark key, and the revision.
 async fn count_on(ch: Channel) -> Result<(i64, i64), String> {
-    KvClient::new(ch)
-        .range(RangeRequest {
-            key: PREFIX.to_vec(),
-            range_end: PREFIX_END.to_vec(),
-            count_only: true,
-            serializable: true,
-            ..Default::default()
-        })
-        .await
-        .map(|r| {
-            let r = r.into_inner();
-            (r.count, r.header.map_or(0, |h| h.revision))
-        })
-        .map_err(|e| format!("range: {:?}: {}", e.code(), e.message()))
+    harness::count_range(ch, PREFIX, PREFIX_END).await
 }
 
 /// A linearizable get of the first benchmark key: the revision, and
@@ -486,43 +379,6 @@ fn wait_serving(
 // Memory and disk
 // ---------------------------------------------------------------------------
 
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, `RssAnon`).
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn mib(kib: Option<u64>) -> f64 {
-    kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
-}
-
-/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
-fn reset_hwm(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-/// `du -sk` of a path, in MiB.
-fn du_mib(dir: &Path) -> f64 {
-    Command::new("du")
-        .arg("-sk")
-        .arg(dir)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |k| k as f64 / 1024.0)
-}
-
 /// One sample: seconds since the sampler started, `VmRSS` and `RssAnon`
 /// (KiB) of the server, bytes of the snapshot file etcdctl is writing.
 struct Sample {
@@ -534,160 +390,27 @@ struct Sample {
 
 /// Samples a process and a growing file (`F` or etcdctl's `F.part`) every
 /// `SAMPLE` until stopped.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<Sample>>,
-}
-
-impl Sampler {
-    fn start(pid: u32, file: PathBuf) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let part = PathBuf::from(format!("{}.part", file.display()));
-        let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let mut out = Vec::new();
-            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-            while !s.load(Ordering::Relaxed) {
-                out.push(Sample {
-                    t: t0.elapsed().as_secs_f64(),
-                    rss: proc_kib(pid, "VmRSS"),
-                    anon: proc_kib(pid, "RssAnon"),
-                    out: size(&file).max(size(&part)),
-                });
-                std::thread::sleep(SAMPLE);
-            }
-            out
-        });
-        Sampler { stop, handle }
-    }
-
-    fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap()
-    }
+fn sample(pid: u32, file: PathBuf) -> Sampler<Sample> {
+    let part = PathBuf::from(format!("{}.part", file.display()));
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    Sampler::start(SAMPLE, move |t| Sample {
+        t,
+        rss: proc_kib(pid, "VmRSS"),
+        anon: proc_kib(pid, "RssAnon"),
+        out: size(&file).max(size(&part)),
+    })
 }
 
 // ---------------------------------------------------------------------------
 // Writes
 // ---------------------------------------------------------------------------
 
-/// xorshift64*, for incompressible values.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn value(&mut self) -> Vec<u8> {
-        let mut buf = vec![0u8; VALUE_BYTES];
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-        buf
-    }
-}
-
 fn key(i: usize) -> Vec<u8> {
-    let mut k = PREFIX.to_vec();
-    k.extend_from_slice(format!("{i:08}").as_bytes());
-    k
+    harness::prefixed_key(PREFIX, i)
 }
 
-#[derive(Default)]
-struct Writes {
-    ok: usize,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    cut_short: bool,
-}
-
-impl Writes {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// Puts keys 0..`total` through `endpoint` with `CLIENTS` clients over
-/// `CONNS` connections.
-async fn write_keys(endpoint: &str, total: usize) -> Writes {
-    let mut channels = Vec::new();
-    for _ in 0..CONNS {
-        match connect(endpoint).await {
-            Ok(ch) => channels.push(ch),
-            Err(e) => {
-                return Writes {
-                    errors: total,
-                    first_error: Some(e),
-                    elapsed: Duration::from_secs(1),
-                    ..Default::default()
-                }
-            }
-        }
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let deadline = start + WRITE_DEADLINE;
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let mut kv = KvClient::new(channels[c % CONNS].clone());
-            let next = next.clone();
-            let mut rng = Rng::new(c as u64 + 1);
-            tokio::spawn(async move {
-                let mut w = Writes::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        w.cut_short = true;
-                        break;
-                    }
-                    let res = kv
-                        .put(PutRequest {
-                            key: key(i),
-                            value: rng.value(),
-                            ..Default::default()
-                        })
-                        .await;
-                    match res {
-                        Ok(_) => w.ok += 1,
-                        Err(e) => {
-                            w.errors += 1;
-                            if w.first_error.is_none() {
-                                w.first_error = Some(format!("{:?}: {}", e.code(), e.message()));
-                            }
-                        }
-                    }
-                }
-                w
-            })
-        })
-        .collect();
-    let mut all = Writes::default();
-    for t in tasks {
-        let w = t.await.unwrap();
-        all.ok += w.ok;
-        all.errors += w.errors;
-        all.cut_short |= w.cut_short;
-        if all.first_error.is_none() {
-            all.first_error = w.first_error;
-        }
-    }
-    all.elapsed = start.elapsed();
-    all
-}
+/// `CLIENTS` clients over `CONNS` connections put keys `bench/00000000`, ...
+const LOAD: Load = Load::new(PREFIX, CLIENTS, CONNS, VALUE_BYTES, WRITE_DEADLINE);
 
 /// One background put: when it started (seconds since the writer's `t0`),
 /// how long it took, whether it succeeded.
@@ -730,7 +453,7 @@ async fn background_writer(
             .unwrap()
             .put(PutRequest {
                 key: format!("{BG_PREFIX}{i:08}").into_bytes(),
-                value: rng.value(),
+                value: rng.value(VALUE_BYTES),
                 ..Default::default()
             })
             .await;
@@ -1029,7 +752,7 @@ fn bench(
     println!("  {kind}: up in {:.1} s", up.0);
 
     // (1) writes.
-    let w = rt.block_on(write_keys(&srv.endpoint, n));
+    let w = rt.block_on(harness::write_keys(&srv.endpoint, n, &LOAD));
     print!(
         "    writes: {}/{n} ok in {:.1} s = {:.0}/s ({:.1} MiB/s of values)",
         w.ok,
@@ -1037,17 +760,7 @@ fn bench(
         w.rate(),
         w.rate() * VALUE_BYTES as f64 / (1 << 20) as f64
     );
-    if w.errors > 0 {
-        print!(
-            ", {} ERRORS (first: {})",
-            w.errors,
-            w.first_error.as_deref().unwrap_or("?")
-        );
-    }
-    if w.cut_short {
-        print!(", CUT SHORT after {WRITE_DEADLINE:?}");
-    }
-    println!();
+    w.finish_line(WRITE_DEADLINE);
     let (st, (expected, rev)) = rt.block_on(async {
         let ch = connect(&srv.endpoint).await?;
         Ok::<_, String>((status_on(ch.clone()).await?, count_on(ch).await?))
@@ -1076,7 +789,7 @@ fn bench(
         println!("    !! could not reset VmHWM: its peak is since the server's start");
     }
     let file = root.join(format!("{kind}.db"));
-    let sampler = Sampler::start(pid, file.clone());
+    let sampler = sample(pid, file.clone());
     let save_from = t0.elapsed().as_secs_f64();
     let save = run(
         etcdctl(
@@ -1241,19 +954,6 @@ fn bench(
     })
 }
 
-fn cairn_bin() -> String {
-    if let Ok(b) = std::env::var("CAIRN_BIN") {
-        return b;
-    }
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(dir).join("release").join("cairn");
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    env!("CARGO_BIN_EXE_cairn").to_string()
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let total = Instant::now();
@@ -1267,12 +967,8 @@ fn main() {
         .unwrap_or(DEFAULT_MIB);
     let n = mb * (1 << 20) / VALUE_BYTES;
     let only = std::env::var("BACKUP_ONLY").ok();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cairn = cairn_bin();
+    let rt = harness::runtime();
+    let cairn = harness::cairn_bin();
     let root = tempfile::Builder::new()
         .prefix("backup-bench-")
         .tempdir()
@@ -1376,26 +1072,13 @@ fn main() {
         "backup, {mb} MiB ({n} keys), total run {:.0} s",
         total.elapsed().as_secs_f64()
     );
-    println!(
-        "{:<62} {:>10} {:>10} {:>11}",
-        "", "etcd", "cairn", "cairn/etcd"
-    );
+    harness::print_header(62);
     // `higher`: a throughput (ratio > 1 is cairn ahead); `Some(false)` a
     // cost (ratio < 1 is cairn ahead); `None` neither.
     let row = |label: &str, higher: Option<bool>, prec: usize, get: &dyn Fn(&Results) -> f64| {
         let a = e.as_ref().map_or(f64::NAN, get);
         let b = c.as_ref().map_or(f64::NAN, get);
-        let ratio = if a.abs() < 1e-9 || !a.is_finite() || !b.is_finite() {
-            "-".to_string()
-        } else {
-            format!("{:.2}", b / a)
-        };
-        let label = match higher {
-            Some(true) => format!("{label} [higher is better]"),
-            Some(false) => format!("{label} [lower is better]"),
-            None => label.to_string(),
-        };
-        println!("{label:<62} {a:>10.prec$} {b:>10.prec$} {ratio:>11}");
+        harness::print_row(62, label, higher, prec, a, b);
     };
     let rs = |f: fn(&Restored) -> f64| move |r: &Results| r.restored.as_ref().map_or(f64::NAN, f);
     row("writes/s (64 clients)", Some(true), 0, &|r| r.writes_per_s);

@@ -45,18 +45,17 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::ffi::{c_int, c_ulong};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+#[path = "harness/mod.rs"]
+mod harness;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn::pb::etcdserverpb::kv_client::KvClient;
-use cairn::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn::pb::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
-use tonic::transport::{Channel, Endpoint};
+use cairn::pb::etcdserverpb::{PutRequest, RangeRequest};
+
+use harness::{connect, ids_and_leader, Cluster};
 
 const MEMBERS: usize = 3;
 const CLIENTS: usize = 100;
@@ -70,243 +69,11 @@ const READ_KEYS: usize = 1_000;
 const WARMUP: usize = 1_000;
 /// A phase stops early (and says so) after this long.
 const PHASE_DEADLINE: Duration = Duration::from_secs(60);
-/// Per-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-// ---------------------------------------------------------------------------
-// Cluster processes
-// ---------------------------------------------------------------------------
-
-extern "C" {
-    fn prctl(option: c_int, ...) -> c_int;
-}
-
-const SIGKILL: c_int = 9;
-const PR_SET_PDEATHSIG: c_int = 1;
-
-struct Member {
-    name: String,
-    endpoint: String,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Member {
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-            let mut buf = Vec::new();
-            let _ = f.read_to_end(&mut buf);
-            s = String::from_utf8_lossy(&buf).into_owned();
-        }
-        let all: Vec<&str> = s.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// `None` while running, else how it exited.
-    fn exited(&mut self) -> Option<String> {
-        match &mut self.child {
-            Some(c) => match c.try_wait() {
-                Ok(None) => None,
-                Ok(Some(st)) => Some(st.to_string()),
-                Err(e) => Some(e.to_string()),
-            },
-            None => Some("not started".into()),
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Cluster {
-    kind: &'static str,
-    members: Vec<Member>,
-    ids: Vec<u64>,
-    leader: usize,
-}
-
-impl Cluster {
-    fn follower(&self) -> usize {
-        (self.leader + 1) % self.members.len()
-    }
-
-    /// Prints the log tail of every member that exited, or of all of them
-    /// when `all`. True if every member is still running.
-    fn report_health(&mut self, all: bool) -> bool {
-        let mut ok = true;
-        for m in &mut self.members {
-            let exited = m.exited();
-            if let Some(st) = &exited {
-                ok = false;
-                println!("  !! {} member {} EXITED: {st}", self.kind, m.name);
-            }
-            if exited.is_some() || all {
-                println!(
-                    "  --- {} {} log tail ({}):\n{}\n  ---",
-                    self.kind,
-                    m.name,
-                    m.log_path().display(),
-                    m.log_tail(40)
-                );
-            }
-        }
-        ok
-    }
-}
-
-/// Spawns `MEMBERS` members of `bin` with `tests/common`'s cluster flags.
-fn spawn_cluster(kind: &'static str, bin: &str) -> Vec<Member> {
-    let ports: Vec<(u16, u16)> = (0..MEMBERS)
-        .map(|_| (common::free_port(), common::free_port()))
-        .collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    ports
-        .into_iter()
-        .enumerate()
-        .map(|(i, (client_port, peer_port))| {
-            use std::os::unix::process::CommandExt;
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("{kind}-bench-m{i}-"))
-                .tempdir()
-                .expect("temp dir");
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-            let mut cmd = Command::new(bin);
-            for (k, _) in std::env::vars_os() {
-                if k.to_string_lossy().starts_with("ETCD") {
-                    cmd.env_remove(&k);
-                }
-            }
-            cmd.args([
-                format!("--name=m{i}"),
-                format!("--data-dir={}", dir.path().join("data").display()),
-                format!("--listen-client-urls={client}"),
-                format!("--advertise-client-urls={client}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-advertise-peer-urls={peer}"),
-                format!("--initial-cluster={initial}"),
-                "--initial-cluster-token=cairn-test".to_string(),
-            ]);
-            if kind == "etcd" {
-                cmd.args(["--logger=zap", "--log-outputs=stderr"]);
-            }
-            cmd.stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            // Spawned from the main thread, which outlives every member.
-            unsafe {
-                cmd.pre_exec(|| {
-                    prctl(PR_SET_PDEATHSIG, SIGKILL as c_ulong);
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
-            Member {
-                name: format!("m{i}"),
-                endpoint: client,
-                child: Some(child),
-                dir,
-            }
-        })
-        .collect()
-}
-
-async fn connect(endpoint: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("connect {endpoint}: {e}"))
-}
-
-/// (member id, leader id) as a member reports them.
-async fn status(endpoint: &str) -> Result<(u64, u64), String> {
-    let mut m = MaintenanceClient::new(connect(endpoint).await?);
-    let s = m
-        .status(StatusRequest {})
-        .await
-        .map_err(|e| format!("status: {e}"))?
-        .into_inner();
-    Ok((s.header.map(|h| h.member_id).unwrap_or(0), s.leader))
-}
-
-/// Every member's id and the index of the leader they all agree on, or why
-/// not.
-async fn ids_and_leader(members: &[Member]) -> Result<(Vec<u64>, usize), String> {
-    let mut ids = Vec::new();
-    let mut leaders = Vec::new();
-    for m in members {
-        let (id, l) = status(&m.endpoint).await?;
-        ids.push(id);
-        leaders.push(l);
-    }
-    if leaders[0] == 0 || leaders.windows(2).any(|w| w[0] != w[1]) {
-        return Err(format!("no agreed leader: {leaders:x?}"));
-    }
-    match ids.iter().position(|id| *id == leaders[0]) {
-        Some(at) => Ok((ids, at)),
-        None => Err(format!("leader {:x} is not among {ids:x?}", leaders[0])),
-    }
-}
-
-/// Starts the cluster and waits until every member answers and agrees on a
-/// leader.
+/// Starts `MEMBERS` members (`tests/common`'s cluster flags) and waits
+/// until every member answers and agrees on a leader.
 fn start_cluster(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str) -> Cluster {
-    let mut members = spawn_cluster(kind, bin);
-    let start = Instant::now();
-    loop {
-        for m in &mut members {
-            if let Some(st) = m.exited() {
-                panic!(
-                    "{kind} {} exited during startup ({st}); log:\n{}",
-                    m.name,
-                    m.log_tail(60)
-                );
-            }
-        }
-        match rt.block_on(ids_and_leader(&members)) {
-            Ok((ids, leader)) => {
-                return Cluster {
-                    kind,
-                    members,
-                    ids,
-                    leader,
-                }
-            }
-            Err(e) if start.elapsed() > Duration::from_secs(30) => {
-                let tails: Vec<String> = members
-                    .iter()
-                    .map(|m| format!("--- {}:\n{}", m.name, m.log_tail(30)))
-                    .collect();
-                panic!(
-                    "{kind} cluster not ready after 30 s ({e}); logs:\n{}",
-                    tails.join("\n")
-                );
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+    harness::start_cluster(rt, kind, bin, MEMBERS, "bench", &[])
 }
 
 // ---------------------------------------------------------------------------
@@ -585,27 +352,10 @@ fn lin() -> Op {
     }
 }
 
-fn cairn_bin() -> String {
-    if let Ok(b) = std::env::var("CAIRN_BIN") {
-        return b;
-    }
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(dir).join("release").join("cairn");
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    common::CAIRN_BIN.to_string()
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cairn = cairn_bin();
+    let rt = harness::runtime();
+    let cairn = harness::cairn_bin();
     println!(
         "cluster: {MEMBERS} members each, etcd {} vs cairn {cairn}",
         common::ETCD_BIN
@@ -614,28 +364,12 @@ fn main() {
     let c = bench(&rt, "cairn", &cairn);
 
     println!();
-    println!(
-        "{:<58} {:>10} {:>10} {:>11}",
-        "", "etcd", "cairn", "cairn/etcd"
-    );
+    harness::print_header(58);
     // `higher`: a throughput (ratio > 1 is cairn ahead); else a latency
     // (ratio < 1 is cairn ahead).
     let row = |label: &str, higher: bool, a: f64, b: f64| {
-        let ratio = if a.abs() < 1e-9 || !a.is_finite() || !b.is_finite() {
-            "-".to_string()
-        } else {
-            format!("{:.2}", b / a)
-        };
-        let label = format!(
-            "{label} [{}]",
-            if higher {
-                "higher is better"
-            } else {
-                "lower is better"
-            }
-        );
         let prec = if higher { 0 } else { 2 };
-        println!("{label:<58} {a:>10.prec$} {b:>10.prec$} {ratio:>11}");
+        harness::print_row(58, label, Some(higher), prec, a, b);
     };
     row(
         "(a) put, 100 clients -> leader: puts/s",

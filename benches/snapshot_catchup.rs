@@ -69,20 +69,20 @@
 //! machine as the members, so the figures include the contention between
 //! them (and with whatever else runs on the machine).
 
-use std::ffi::{c_int, c_ulong};
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+#[path = "harness/mod.rs"]
+mod harness;
+
+use std::ffi::c_int;
 use std::time::{Duration, Instant};
 
-use cairn::pb::etcdserverpb::kv_client::KvClient;
-use cairn::pb::etcdserverpb::maintenance_client::MaintenanceClient;
-use cairn::pb::etcdserverpb::{PutRequest, RangeRequest, StatusRequest, StatusResponse};
-use tonic::transport::{Channel, Endpoint};
+use cairn::pb::etcdserverpb::StatusResponse;
+use tonic::transport::Channel;
 
-const ETCD_BIN: &str = "/usr/bin/etcd";
+use harness::{
+    connect, cut, du_mib, mib, proc_kib, reset_hwm, status, status_on, Cluster, Load, Sampler,
+    ETCD_BIN,
+};
+
 const MEMBERS: usize = 3;
 const CLIENTS: usize = 64;
 const CONNS: usize = 8;
@@ -97,169 +97,16 @@ const SAMPLE: Duration = Duration::from_millis(50);
 const WRITE_DEADLINE: Duration = Duration::from_secs(150);
 /// Catch-up is declared failed after this long.
 const CATCHUP_DEADLINE: Duration = Duration::from_secs(150);
-/// Per-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Cluster processes
 // ---------------------------------------------------------------------------
 
 extern "C" {
-    fn prctl(option: c_int, ...) -> c_int;
     fn sysconf(name: c_int) -> std::ffi::c_long;
 }
 
 const SC_CLK_TCK: c_int = 2;
-
-const SIGKILL: c_int = 9;
-const PR_SET_PDEATHSIG: c_int = 1;
-
-/// A free TCP port on 127.0.0.1, never one this process handed out before.
-fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-struct Member {
-    name: String,
-    endpoint: String,
-    bin: String,
-    args: Vec<String>,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl Member {
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("server.log")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn log_len(&self) -> u64 {
-        std::fs::metadata(self.log_path())
-            .map(|m| m.len())
-            .unwrap_or(0)
-    }
-
-    /// The log from byte `from` on.
-    fn log_since(&self, from: u64) -> String {
-        let mut buf = Vec::new();
-        if let Ok(mut f) = std::fs::File::open(self.log_path()) {
-            let _ = f.seek(SeekFrom::Start(from));
-            let _ = f.read_to_end(&mut buf);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let s = self.log_since(self.log_len().saturating_sub(64 * 1024));
-        let all: Vec<&str> = s.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    /// Spawns the member (appending to its log).
-    fn spawn(&mut self) {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let mut cmd = Command::new(&self.bin);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        // Spawned from the main thread, which outlives every member.
-        unsafe {
-            cmd.pre_exec(|| {
-                prctl(PR_SET_PDEATHSIG, SIGKILL as c_ulong);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin));
-        self.child = Some(child);
-    }
-
-    /// SIGKILL and reap; the data dir is kept.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// `None` while running, else how it exited.
-    fn exited(&mut self) -> Option<String> {
-        match &mut self.child {
-            Some(c) => match c.try_wait() {
-                Ok(None) => None,
-                Ok(Some(st)) => Some(st.to_string()),
-                Err(e) => Some(e.to_string()),
-            },
-            None => Some("not running".into()),
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-struct Cluster {
-    kind: &'static str,
-    members: Vec<Member>,
-    leader: usize,
-}
-
-impl Cluster {
-    /// Prints the log tail of every member that exited, or of all of them
-    /// when `all`. True if every member is still running.
-    fn report_health(&mut self, all: bool) -> bool {
-        let mut ok = true;
-        for m in &mut self.members {
-            let exited = m.exited();
-            if let Some(st) = &exited {
-                ok = false;
-                println!("  !! {} member {} EXITED: {st}", self.kind, m.name);
-            }
-            if exited.is_some() || all {
-                println!(
-                    "  --- {} {} log tail ({}):\n{}\n  ---",
-                    self.kind,
-                    m.name,
-                    m.log_path().display(),
-                    m.log_tail(40)
-                );
-            }
-        }
-        ok
-    }
-}
 
 fn snapshot_count() -> Option<u64> {
     std::env::var("SNAP_COUNT").ok().map(|s| {
@@ -268,76 +115,15 @@ fn snapshot_count() -> Option<u64> {
     })
 }
 
-/// Spawns `MEMBERS` members of `bin` with `benches/cluster.rs`'s flags.
-fn spawn_cluster(kind: &'static str, bin: &str) -> Vec<Member> {
-    let ports: Vec<(u16, u16)> = (0..MEMBERS).map(|_| (free_port(), free_port())).collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    ports
+/// Starts `MEMBERS` members of `bin` with `benches/cluster.rs`'s flags
+/// (plus `--snapshot-count` if `SNAP_COUNT` is set) and waits until every
+/// member answers and agrees on a leader.
+fn start_cluster(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str) -> Cluster {
+    let extra: Vec<String> = snapshot_count()
+        .map(|n| format!("--snapshot-count={n}"))
         .into_iter()
-        .enumerate()
-        .map(|(i, (client_port, peer_port))| {
-            let dir = tempfile::Builder::new()
-                .prefix(&format!("{kind}-snapbench-m{i}-"))
-                .tempdir()
-                .expect("temp dir");
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let mut args = vec![
-                format!("--name=m{i}"),
-                format!("--data-dir={}", dir.path().join("data").display()),
-                format!("--listen-client-urls={client}"),
-                format!("--advertise-client-urls={client}"),
-                format!("--listen-peer-urls={peer}"),
-                format!("--initial-advertise-peer-urls={peer}"),
-                format!("--initial-cluster={initial}"),
-                "--initial-cluster-token=cairn-test".to_string(),
-            ];
-            if kind == "etcd" {
-                args.push("--logger=zap".into());
-                args.push("--log-outputs=stderr".into());
-            }
-            if let Some(n) = snapshot_count() {
-                args.push(format!("--snapshot-count={n}"));
-            }
-            let mut m = Member {
-                name: format!("m{i}"),
-                endpoint: client,
-                bin: bin.to_string(),
-                args,
-                child: None,
-                dir,
-            };
-            m.spawn();
-            m
-        })
-        .collect()
-}
-
-async fn connect(endpoint: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("connect {endpoint}: {e}"))
-}
-
-async fn status_on(ch: Channel) -> Result<StatusResponse, String> {
-    MaintenanceClient::new(ch)
-        .status(StatusRequest {})
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|e| format!("status: {:?}: {}", e.code(), e.message()))
-}
-
-async fn status(endpoint: &str) -> Result<StatusResponse, String> {
-    status_on(connect(endpoint).await?).await
+        .collect();
+    harness::start_cluster(rt, kind, bin, MEMBERS, "snapbench", &extra)
 }
 
 /// The applied index a `Status` reports: `raftAppliedIndex`, or `raftIndex`
@@ -352,92 +138,14 @@ fn applied(s: &StatusResponse) -> u64 {
 
 /// Serializable count-only range of every benchmark key.
 async fn count_on(ch: Channel) -> Result<i64, String> {
-    KvClient::new(ch)
-        .range(RangeRequest {
-            key: PREFIX.to_vec(),
-            range_end: PREFIX_END.to_vec(),
-            count_only: true,
-            serializable: true,
-            ..Default::default()
-        })
+    harness::count_range(ch, PREFIX, PREFIX_END)
         .await
-        .map(|r| r.into_inner().count)
-        .map_err(|e| format!("range: {:?}: {}", e.code(), e.message()))
-}
-
-/// The index of the leader every member agrees on, or why not.
-async fn agreed_leader(members: &[Member]) -> Result<usize, String> {
-    let mut ids = Vec::new();
-    let mut leaders = Vec::new();
-    for m in members {
-        let s = status(&m.endpoint).await?;
-        ids.push(s.header.map(|h| h.member_id).unwrap_or(0));
-        leaders.push(s.leader);
-    }
-    if leaders[0] == 0 || leaders.windows(2).any(|w| w[0] != w[1]) {
-        return Err(format!("no agreed leader: {leaders:x?}"));
-    }
-    ids.iter()
-        .position(|id| *id == leaders[0])
-        .ok_or_else(|| format!("leader {:x} is not among {ids:x?}", leaders[0]))
-}
-
-/// Starts the cluster and waits until every member answers and agrees on a
-/// leader.
-fn start_cluster(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str) -> Cluster {
-    let mut members = spawn_cluster(kind, bin);
-    let start = Instant::now();
-    loop {
-        for m in &mut members {
-            if let Some(st) = m.exited() {
-                panic!(
-                    "{kind} {} exited during startup ({st}); log:\n{}",
-                    m.name,
-                    m.log_tail(60)
-                );
-            }
-        }
-        match rt.block_on(agreed_leader(&members)) {
-            Ok(leader) => {
-                return Cluster {
-                    kind,
-                    members,
-                    leader,
-                }
-            }
-            Err(e) if start.elapsed() > Duration::from_secs(30) => {
-                let tails: Vec<String> = members
-                    .iter()
-                    .map(|m| format!("--- {}:\n{}", m.name, m.log_tail(30)))
-                    .collect();
-                panic!(
-                    "{kind} cluster not ready after 30 s ({e}); logs:\n{}",
-                    tails.join("\n")
-                );
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
+        .map(|(count, _)| count)
 }
 
 // ---------------------------------------------------------------------------
 // Memory and disk
 // ---------------------------------------------------------------------------
-
-/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`).
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn mib(kib: Option<u64>) -> f64 {
-    kib.map_or(f64::NAN, |k| k as f64 / 1024.0)
-}
 
 /// CPU seconds (user + system) the process has used so far.
 fn cpu_s(pid: u32) -> f64 {
@@ -461,28 +169,6 @@ fn cpu_s(pid: u32) -> f64 {
     }
 }
 
-/// Resets the process's peak RSS (`VmHWM`) to its current RSS.
-fn reset_hwm(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-/// `du -sk` of a directory, in MiB.
-fn du_mib(dir: &Path) -> f64 {
-    Command::new("du")
-        .arg("-sk")
-        .arg(dir)
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .map_or(f64::NAN, |k| k as f64 / 1024.0)
-}
-
 /// `VmRSS` and `RssAnon` (KiB) of one process at one moment. `RssAnon`
 /// leaves out file-backed pages (etcd's mmapped bbolt file, the binary).
 type Rss = [Option<u64>; 2];
@@ -493,154 +179,16 @@ fn rss(pid: u32) -> Rss {
 
 /// Samples the RSS of a set of processes every `SAMPLE` until stopped:
 /// (seconds since start, one `Rss` per process).
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<(f64, Vec<Rss>)>>,
-}
-
-impl Sampler {
-    fn start(pids: Vec<u32>) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let t0 = Instant::now();
-            let mut out = Vec::new();
-            while !s.load(Ordering::Relaxed) {
-                let now = pids.iter().map(|p| rss(*p)).collect();
-                out.push((t0.elapsed().as_secs_f64(), now));
-                std::thread::sleep(SAMPLE);
-            }
-            out
-        });
-        Sampler { stop, handle }
-    }
-
-    fn finish(self) -> Vec<(f64, Vec<Rss>)> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap()
-    }
+fn sample_rss(pids: Vec<u32>) -> Sampler<(f64, Vec<Rss>)> {
+    Sampler::start(SAMPLE, move |t| (t, pids.iter().map(|p| rss(*p)).collect()))
 }
 
 // ---------------------------------------------------------------------------
 // Writes
 // ---------------------------------------------------------------------------
 
-/// xorshift64*, for incompressible values.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for c in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
-
-fn key(i: usize) -> Vec<u8> {
-    let mut k = PREFIX.to_vec();
-    k.extend_from_slice(format!("{i:08}").as_bytes());
-    k
-}
-
-#[derive(Default)]
-struct Writes {
-    ok: usize,
-    errors: usize,
-    first_error: Option<String>,
-    elapsed: Duration,
-    cut_short: bool,
-}
-
-impl Writes {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
-    }
-}
-
-/// Puts keys 0..`total` through `endpoint` with `CLIENTS` clients over
-/// `CONNS` connections.
-async fn write_keys(endpoint: &str, total: usize) -> Writes {
-    let mut channels = Vec::new();
-    for _ in 0..CONNS {
-        match connect(endpoint).await {
-            Ok(ch) => channels.push(ch),
-            Err(e) => {
-                return Writes {
-                    errors: total,
-                    first_error: Some(e),
-                    elapsed: Duration::from_secs(1),
-                    ..Default::default()
-                }
-            }
-        }
-    }
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let deadline = start + WRITE_DEADLINE;
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let mut kv = KvClient::new(channels[c % CONNS].clone());
-            let next = next.clone();
-            let mut rng = Rng::new(c as u64 + 1);
-            tokio::spawn(async move {
-                let mut w = Writes::default();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        w.cut_short = true;
-                        break;
-                    }
-                    let mut value = vec![0u8; VALUE_BYTES];
-                    rng.fill(&mut value);
-                    let res = kv
-                        .put(PutRequest {
-                            key: key(i),
-                            value,
-                            ..Default::default()
-                        })
-                        .await;
-                    match res {
-                        Ok(_) => w.ok += 1,
-                        Err(e) => {
-                            w.errors += 1;
-                            if w.first_error.is_none() {
-                                w.first_error = Some(format!("{:?}: {}", e.code(), e.message()));
-                            }
-                        }
-                    }
-                }
-                w
-            })
-        })
-        .collect();
-    let mut all = Writes::default();
-    for t in tasks {
-        let w = t.await.unwrap();
-        all.ok += w.ok;
-        all.errors += w.errors;
-        all.cut_short |= w.cut_short;
-        if all.first_error.is_none() {
-            all.first_error = w.first_error;
-        }
-    }
-    all.elapsed = start.elapsed();
-    all
-}
+/// `CLIENTS` clients over `CONNS` connections put keys `snap/00000000`, ...
+const LOAD: Load = Load::new(PREFIX, CLIENTS, CONNS, VALUE_BYTES, WRITE_DEADLINE);
 
 // ---------------------------------------------------------------------------
 // One server's run
@@ -678,15 +226,6 @@ fn grep<'a>(log: &'a str, patterns: &[&str]) -> Vec<&'a str> {
         .collect()
 }
 
-/// `s` cut to at most `max` bytes, at a char boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let at = (0..=max).rev().find(|i| s.is_char_boundary(*i)).unwrap();
-    &s[..at]
-}
-
 fn print_lines(what: &str, lines: &[&str], max: usize) {
     println!("    {what}: {} line(s)", lines.len());
     for l in lines.iter().take(max) {
@@ -715,7 +254,7 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
     let recv_ep = cl.members[f].endpoint.clone();
 
     // (2) writes.
-    let w = rt.block_on(write_keys(&leader_ep, n));
+    let w = rt.block_on(harness::write_keys(&leader_ep, n, &LOAD));
     r.writes_per_s = w.rate();
     print!(
         "    writes: {}/{n} ok in {:.1} s = {:.0}/s",
@@ -723,17 +262,7 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
         w.elapsed.as_secs_f64(),
         w.rate()
     );
-    if w.errors > 0 {
-        print!(
-            ", {} ERRORS (first: {})",
-            w.errors,
-            w.first_error.as_deref().unwrap_or("?")
-        );
-    }
-    if w.cut_short {
-        print!(", CUT SHORT after {WRITE_DEADLINE:?}");
-    }
-    println!();
+    w.finish_line(WRITE_DEADLINE);
     let (leader_status, expected) = rt.block_on(async {
         let ch = connect(&leader_ep).await.expect("leader");
         let s = status_on(ch.clone()).await.expect("leader status");
@@ -778,7 +307,7 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
     let t0 = Instant::now();
     cl.members[f].spawn();
     let recv_pid = cl.members[f].pid().unwrap();
-    let sampler = Sampler::start(vec![leader_pid, recv_pid]);
+    let sampler = sample_rss(vec![leader_pid, recv_pid]);
     let mut last = String::new();
     let outcome: Result<f64, String> = rt.block_on(async {
         let leader_ch = connect(&leader_ep).await?;
@@ -967,19 +496,6 @@ fn bench(rt: &tokio::runtime::Runtime, kind: &'static str, bin: &str, n: usize) 
     // `cl` dropped here: every member killed and reaped, data dirs removed.
 }
 
-fn cairn_bin() -> String {
-    if let Ok(b) = std::env::var("CAIRN_BIN") {
-        return b;
-    }
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(dir).join("release").join("cairn");
-        if p.exists() {
-            return p.display().to_string();
-        }
-    }
-    env!("CARGO_BIN_EXE_cairn").to_string()
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
     let n: usize = std::env::var("SNAP_KEYS")
@@ -991,12 +507,8 @@ fn main() {
         })
         .unwrap_or(DEFAULT_KEYS);
     let only = std::env::var("SNAP_ONLY").ok();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let cairn = cairn_bin();
+    let rt = harness::runtime();
+    let cairn = harness::cairn_bin();
     println!(
         "snapshot catch-up: {MEMBERS} members, {n} keys x {VALUE_BYTES} B ({:.0} MiB of values), \
          {CLIENTS} clients / {CONNS} connections, --snapshot-count {}; etcd {ETCD_BIN} vs cairn {cairn}",
@@ -1014,10 +526,7 @@ fn main() {
     let c = run("cairn", &cairn);
 
     println!();
-    println!(
-        "{:<58} {:>10} {:>10} {:>11}",
-        "", "etcd", "cairn", "cairn/etcd"
-    );
+    harness::print_header(58);
     let nan = Results {
         writes_per_s: f64::NAN,
         catchup_s: None,
@@ -1047,20 +556,7 @@ fn main() {
     // `higher`: a throughput (ratio > 1 is cairn ahead); else a cost (ratio
     // < 1 is cairn ahead).
     let row = |label: &str, higher: bool, prec: usize, a: f64, b: f64| {
-        let ratio = if a.abs() < 1e-9 || !a.is_finite() || !b.is_finite() {
-            "-".to_string()
-        } else {
-            format!("{:.2}", b / a)
-        };
-        let label = format!(
-            "{label} [{}]",
-            if higher {
-                "higher is better"
-            } else {
-                "lower is better"
-            }
-        );
-        println!("{label:<58} {a:>10.prec$} {b:>10.prec$} {ratio:>11}");
+        harness::print_row(58, label, Some(higher), prec, a, b)
     };
     let secs = |r: &Results| r.catchup_s.unwrap_or(f64::NAN);
     row(
