@@ -373,6 +373,29 @@ fn done(id: u64, verb: &str, cluster: u64) -> String {
 /// Checks `member add` output: `Member ID added to cluster CID`, then the
 /// environment for the new member; `initial_cluster` compared as a set.
 /// The new member's id.
+/// `etcdctl member add NAME --peer-urls=URL [--learner]` through `ep`,
+/// with its output checked: the new member's id and the `--initial-cluster`
+/// it must start with.
+fn announce(
+    ep: &str,
+    refs: &[&Server],
+    cluster: u64,
+    new: &NewMember,
+    learner: bool,
+) -> (u64, String) {
+    let initial = initial_cluster_with(refs, new);
+    let url = format!("--peer-urls={}", new.peer_url());
+    let mut args = vec!["member", "add", new.name.as_str(), url.as_str()];
+    if learner {
+        args.push("--learner");
+    }
+    let out = reconfigure(ep, &args, &[]);
+    (
+        check_member_add_output(&out, cluster, new, &initial),
+        initial,
+    )
+}
+
 fn check_member_add_output(out: &str, cluster: u64, new: &NewMember, initial_cluster: &str) -> u64 {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 6, "member add printed:\n{out}");
@@ -562,19 +585,7 @@ fn learner_joins_and_is_promoted() {
     let (cluster, _, before) = member_list(&eps[0]);
 
     let new = NewMember::new("m3");
-    let initial = initial_cluster_with(&refs, &new);
-    let out = reconfigure(
-        &eps[0],
-        &[
-            "member",
-            "add",
-            "m3",
-            "--learner",
-            &format!("--peer-urls={}", new.peer_url()),
-        ],
-        &[],
-    );
-    let id = check_member_add_output(&out, cluster, &new, &initial);
+    let (id, initial) = announce(&eps[0], &refs, cluster, &new, true);
     let hex = format!("{id:x}");
 
     // Announced but not started: listed as an unstarted learner, by every
@@ -738,18 +749,7 @@ fn membership_errors() {
     // A learner is pending (announced, never started): a second one is too
     // many (--max-learners defaults to 1), and it cannot be promoted.
     let l1 = NewMember::new("l1");
-    let out = reconfigure(
-        both[1],
-        &[
-            "member",
-            "add",
-            "l1",
-            "--learner",
-            &format!("--peer-urls={}", l1.peer_url()),
-        ],
-        &[],
-    );
-    let l1_id = check_member_add_output(&out, cluster, &l1, &initial_cluster_with(&refs, &l1));
+    let (l1_id, _) = announce(both[1], &refs, cluster, &l1, true);
     let l1_hex = format!("{l1_id:x}");
     let l2 = NewMember::new("l2");
     let l2_url = format!("--peer-urls={}", l2.peer_url());
@@ -790,8 +790,7 @@ fn membership_errors() {
         "NotFound",
         not_found,
     );
-    let out = reconfigure(both[1], &["member", "add", "l2", "--learner", &l2_url], &[]);
-    let l2_id = check_member_add_output(&out, cluster, &l2, &initial_cluster_with(&refs, &l2));
+    let (l2_id, _) = announce(both[1], &refs, cluster, &l2, true);
     let out = reconfigure(both[1], &["member", "remove", &format!("{l2_id:x}")], &[]);
     assert_eq!(out, done(l2_id, "removed from", cluster));
 
@@ -814,17 +813,7 @@ fn strict_reconfig_check_while_a_voter_is_missing() {
     let (cluster, _, list) = member_list(&eps[0]);
 
     let v = NewMember::new("v");
-    let out = reconfigure(
-        &eps[0],
-        &[
-            "member",
-            "add",
-            "v",
-            &format!("--peer-urls={}", v.peer_url()),
-        ],
-        &[],
-    );
-    let v_id = check_member_add_output(&out, cluster, &v, &initial_cluster_with(&refs, &v));
+    let (v_id, _) = announce(&eps[0], &refs, cluster, &v, false);
 
     let w = NewMember::new("w");
     let w_url = format!("--peer-urls={}", w.peer_url());
@@ -1203,18 +1192,7 @@ fn fourth_member_catches_up_from_snapshot() {
 
     let (cluster, _, _) = member_list(&eps[0]);
     let new = NewMember::new("m3");
-    let initial = initial_cluster_with(&refs, &new);
-    let out = reconfigure(
-        &eps[1],
-        &[
-            "member",
-            "add",
-            "m3",
-            &format!("--peer-urls={}", new.peer_url()),
-        ],
-        &[],
-    );
-    let id = check_member_add_output(&out, cluster, &new, &initial);
+    let (id, initial) = announce(&eps[1], &refs, cluster, &new, false);
     let joined = Instant::now();
     let m3 = Server::join(kind, &new, &initial, &extra);
     let ep3 = m3.endpoint();

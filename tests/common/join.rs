@@ -55,9 +55,10 @@ pub fn initial_cluster_with(members: &[&Server], new: &NewMember) -> String {
         .join(",")
 }
 
-/// A `Server` value that is not started yet. The one place here that builds
-/// the struct, so a new field in `Server` needs one change.
-fn unstarted(
+/// A `Server` value that is not started yet. The one place outside
+/// `mod.rs` that builds the struct (restore.rs and proxy.rs use it too), so
+/// a new field in `Server` needs one change here.
+pub(super) fn unstarted(
     kind: Kind,
     name: &str,
     client_port: u16,

@@ -46,7 +46,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{free_port, registry, Kind, Server, NEXT_ID};
+use super::{free_port, registry, Kind, Server};
 
 /// A TCP proxy on 127.0.0.1 that forwards to `127.0.0.1:target_port` until
 /// it is blocked. Its threads stop when it is dropped.
@@ -534,10 +534,6 @@ impl Server {
             .iter()
             .enumerate()
             .map(|(i, &(client_port, peer_port, proxy_port))| {
-                let dir = tempfile::Builder::new()
-                    .prefix(&format!("{}-member-", kind.name()))
-                    .tempdir()
-                    .expect("temp dir");
                 // Later flags win (etcd's flag package, cairn's
                 // args_override_self): this replaces the harness's
                 // advertised peer URL.
@@ -545,17 +541,14 @@ impl Server {
                     "--initial-advertise-peer-urls=http://127.0.0.1:{proxy_port}"
                 )];
                 extra.extend(extra_args.iter().map(|s| s.to_string()));
-                Server {
+                super::join::unstarted(
                     kind,
-                    id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                    name: format!("m{i}"),
+                    &format!("m{i}"),
                     client_port,
                     peer_port,
-                    dir,
-                    child: None,
-                    extra_args: extra,
-                    initial_cluster: Some(initial.clone()),
-                }
+                    initial.clone(),
+                    extra,
+                )
             })
             .collect();
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();

@@ -7,7 +7,7 @@
 //! parent module's `spawn`, so it is in the registry, dies with the test
 //! process, and is killed on `Drop`.
 
-use super::{free_port, Kind, Server, NEXT_ID};
+use super::{free_port, Kind, Server};
 
 impl Server {
     /// A single member named `name` on fresh ports, not started.
@@ -15,7 +15,7 @@ impl Server {
         let client_port = free_port();
         let peer_port = free_port();
         let initial = format!("{name}=http://127.0.0.1:{peer_port}");
-        unstarted_member(kind, name, client_port, peer_port, initial)
+        super::join::unstarted(kind, name, client_port, peer_port, initial, Vec::new())
     }
 
     /// The members of a new cluster, named `{prefix}0`, `{prefix}1`, ...,
@@ -33,12 +33,13 @@ impl Server {
             .into_iter()
             .enumerate()
             .map(|(i, (client_port, peer_port))| {
-                unstarted_member(
+                super::join::unstarted(
                     kind,
                     &format!("{prefix}{i}"),
                     client_port,
                     peer_port,
                     initial.clone(),
+                    Vec::new(),
                 )
             })
             .collect()
@@ -69,29 +70,5 @@ impl Server {
         );
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.spawn();
-    }
-}
-
-fn unstarted_member(
-    kind: Kind,
-    name: &str,
-    client_port: u16,
-    peer_port: u16,
-    initial_cluster: String,
-) -> Server {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{}-restored-", kind.name()))
-        .tempdir()
-        .expect("temp dir");
-    Server {
-        kind,
-        id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        name: name.to_string(),
-        client_port,
-        peer_port,
-        dir,
-        child: None,
-        extra_args: Vec::new(),
-        initial_cluster: Some(initial_cluster),
     }
 }
