@@ -122,17 +122,16 @@ pub struct Applier {
 /// The applied index as stored (what a consistent view of the database
 /// holds, whatever the apply thread has in hand).
 pub fn stored_applied_index(storage: &Storage) -> Result<u64> {
-    Ok(storage
-        .db()
-        .get_cf(storage.cf(CF_META), META_APPLIED)?
-        .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
-        .unwrap_or(0))
+    applied_index_from(storage.db().get_cf(storage.cf(CF_META), META_APPLIED)?)
 }
 
 /// The applied index in a consistent view of the database.
 pub fn applied_index_at(storage: &Storage, snap: &rocksdb::Snapshot<'_>) -> Result<u64> {
-    Ok(snap
-        .get_cf(storage.cf(CF_META), META_APPLIED)?
+    applied_index_from(snap.get_cf(storage.cf(CF_META), META_APPLIED)?)
+}
+
+fn applied_index_from(raw: Option<Vec<u8>>) -> Result<u64> {
+    Ok(raw
         .map(|v| u64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8])))
         .unwrap_or(0))
 }

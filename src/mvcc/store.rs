@@ -117,17 +117,7 @@ impl Drop for MvccStore {
 impl MvccStore {
     /// Opens the store over `storage`, resuming an unfinished compaction.
     pub fn open(storage: Storage) -> Result<Arc<MvccStore>> {
-        let meta = storage.cf(CF_META);
-        let read_i64 = |k: &[u8]| -> Result<Option<i64>> {
-            Ok(storage
-                .db()
-                .get_cf(meta, k)?
-                .map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))))
-        };
-        // etcd's store starts at revision 1; the first write makes it 2.
-        let current = read_i64(META_REV)?.unwrap_or(1);
-        let scheduled = read_i64(META_COMPACT_SCHEDULED)?.unwrap_or(-1);
-        let finished = read_i64(META_COMPACT_FINISHED)?.unwrap_or(-1);
+        let (current, scheduled, finished) = stored_revisions(&storage)?;
         let (tx, rx) = mpsc::channel();
         let worker = storage.clone();
         let thread = std::thread::Builder::new()
@@ -171,17 +161,7 @@ impl MvccStore {
     /// Re-reads the revisions after the database was replaced under the
     /// store (a snapshot installed), resuming its unfinished compaction.
     fn reload(&self) -> Result<()> {
-        let meta = self.storage.cf(CF_META);
-        let read_i64 = |k: &[u8]| -> Result<Option<i64>> {
-            Ok(self
-                .storage
-                .db()
-                .get_cf(meta, k)?
-                .map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))))
-        };
-        let current = read_i64(META_REV)?.unwrap_or(1);
-        let scheduled = read_i64(META_COMPACT_SCHEDULED)?.unwrap_or(-1);
-        let finished = read_i64(META_COMPACT_FINISHED)?.unwrap_or(-1);
+        let (current, scheduled, finished) = stored_revisions(&self.storage)?;
         self.current.store(current, Ordering::SeqCst);
         self.compacted.store(scheduled, Ordering::SeqCst);
         if scheduled > finished {
@@ -919,4 +899,22 @@ pub fn live_leases(storage: &Storage, mut f: impl FnMut(&[u8], i64) -> Result<()
     }
     it.status()?;
     Ok(())
+}
+
+/// The stored current revision and compaction state: (current, scheduled,
+/// finished), -1 for a compaction that never happened. etcd's store starts
+/// at revision 1; the first write makes it 2.
+fn stored_revisions(storage: &Storage) -> Result<(i64, i64, i64)> {
+    let meta = storage.cf(CF_META);
+    let read = |k: &[u8]| -> Result<Option<i64>> {
+        Ok(storage
+            .db()
+            .get_cf(meta, k)?
+            .map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))))
+    };
+    Ok((
+        read(META_REV)?.unwrap_or(1),
+        read(META_COMPACT_SCHEDULED)?.unwrap_or(-1),
+        read(META_COMPACT_FINISHED)?.unwrap_or(-1),
+    ))
 }
