@@ -47,31 +47,55 @@ impl Alarms {
         self.lock().clone()
     }
 
+    /// The active alarms of one type; every one for NONE (etcd's GET).
+    pub fn of_type(&self, alarm: i32) -> Vec<AlarmMember> {
+        self.lock()
+            .iter()
+            .filter(|a| alarm == AlarmType::None as i32 || a.alarm == alarm)
+            .cloned()
+            .collect()
+    }
+
     /// Whether any member has raised `alarm`.
     pub fn has(&self, alarm: AlarmType) -> bool {
         self.lock().iter().any(|a| a.alarm == alarm as i32)
     }
 
     /// Apply step: raises an alarm (raising it twice changes nothing).
-    pub fn activate(&self, member: u64, alarm: i32, batch: &mut WriteBatch) {
-        self.change(batch, |v| {
-            if alarm != AlarmType::None as i32
-                && !v.iter().any(|a| a.member_id == member && a.alarm == alarm)
-            {
-                v.push(AlarmMember {
-                    member_id: member,
-                    alarm,
-                });
+    /// The alarm, as etcd answers an activation; `None` for type NONE.
+    pub fn activate(&self, member: u64, alarm: i32, batch: &mut WriteBatch) -> Option<AlarmMember> {
+        if alarm == AlarmType::None as i32 {
+            return None;
+        }
+        let m = AlarmMember {
+            member_id: member,
+            alarm,
+        };
+        if !self.lock().contains(&m) {
+            self.change(batch, |v| {
+                v.push(m);
                 v.sort_by_key(|a| (a.member_id, a.alarm));
-            }
-        });
+            });
+        }
+        Some(m)
     }
 
-    /// Apply step: clears an alarm.
-    pub fn deactivate(&self, member: u64, alarm: i32, batch: &mut WriteBatch) {
-        self.change(batch, |v| {
-            v.retain(|a| !(a.member_id == member && a.alarm == alarm))
-        });
+    /// Apply step: clears an alarm; the alarm if it was raised.
+    pub fn deactivate(
+        &self,
+        member: u64,
+        alarm: i32,
+        batch: &mut WriteBatch,
+    ) -> Option<AlarmMember> {
+        let m = AlarmMember {
+            member_id: member,
+            alarm,
+        };
+        if !self.lock().contains(&m) {
+            return None;
+        }
+        self.change(batch, |v| v.retain(|a| *a != m));
+        Some(m)
     }
 
     /// Re-reads the alarms after a snapshot replaced the store.
@@ -93,12 +117,31 @@ impl Alarms {
 }
 
 fn load(storage: &Storage) -> Result<Vec<AlarmMember>> {
-    match storage.db().get_cf(storage.cf(CF_META), META_ALARMS)? {
+    decode(storage.db().get_cf(storage.cf(CF_META), META_ALARMS)?)
+}
+
+fn decode(raw: Option<Vec<u8>>) -> Result<Vec<AlarmMember>> {
+    match raw {
         Some(raw) => Ok(StoredAlarms::decode(raw.as_slice())
             .map_err(Error::internal)?
             .alarms),
         None => Ok(Vec::new()),
     }
+}
+
+/// The alarms as `snap` holds them (for a backup of that moment).
+pub fn alarms_at(storage: &Storage, snap: &rocksdb::Snapshot<'_>) -> Result<Vec<AlarmMember>> {
+    decode(snap.get_cf(storage.cf(CF_META), META_ALARMS)?)
+}
+
+/// Restore: the alarms of a backup, stored as they were. etcd keeps them
+/// too (a store restored from a full one is still full).
+pub fn import(storage: &Storage, batch: &mut WriteBatch, mut alarms: Vec<AlarmMember>) {
+    alarms.retain(|a| a.alarm != AlarmType::None as i32);
+    alarms.sort_by_key(|a| (a.member_id, a.alarm));
+    alarms.dedup();
+    let stored = StoredAlarms { alarms };
+    batch.put_cf(storage.cf(CF_META), META_ALARMS, stored.encode_to_vec());
 }
 
 /// An alarm as etcd prints it in Status errors and `etcdctl alarm list`

@@ -283,6 +283,12 @@ impl Applier {
             self.apply_empty(index)?;
             return Err(Error::Internal("empty request".into()));
         };
+        // etcd's corrupt applier, outermost: with CORRUPT raised, no
+        // client write is applied anywhere until an operator disarms it.
+        if self.alarms.has(AlarmType::Corrupt) && refused_when_corrupt(&op) {
+            self.apply_empty(index)?;
+            return Err(Error::Corrupt);
+        }
         // etcd's capped applier: with NOSPACE raised, nothing that adds
         // data is applied (deletes, compactions and revokes still are, so
         // space can be freed).
@@ -297,17 +303,23 @@ impl Applier {
             Op::Alarm(a) => {
                 drop(w);
                 let mut batch = WriteBatch::default();
-                match AlarmAction::try_from(a.action) {
-                    Ok(AlarmAction::Activate) => {
-                        self.alarms.activate(a.member_id, a.alarm, &mut batch)
-                    }
-                    Ok(AlarmAction::Deactivate) => {
-                        self.alarms.deactivate(a.member_id, a.alarm, &mut batch)
-                    }
-                    _ => {}
-                }
+                // As etcd answers: the alarm raised or cleared (nothing when
+                // nothing changed on a clear), or the list asked for.
+                let answer = match AlarmAction::try_from(a.action) {
+                    Ok(AlarmAction::Activate) => self
+                        .alarms
+                        .activate(a.member_id, a.alarm, &mut batch)
+                        .into_iter()
+                        .collect(),
+                    Ok(AlarmAction::Deactivate) => self
+                        .alarms
+                        .deactivate(a.member_id, a.alarm, &mut batch)
+                        .into_iter()
+                        .collect(),
+                    _ => self.alarms.of_type(a.alarm),
+                };
                 self.commit(index, batch)?;
-                return Ok(Response::Alarm(self.alarms.list()));
+                return Ok(Response::Alarm(answer));
             }
             Op::Compact(c) => {
                 drop(w);
@@ -465,6 +477,29 @@ pub fn adds_data(op: &Op) -> bool {
     match op {
         Op::Put(_) | Op::LeaseGrant(_) => true,
         Op::Txn(t) => txn_puts(t),
+        _ => false,
+    }
+}
+
+/// What the CORRUPT alarm stops, as etcd's corrupt applier: every client
+/// write, compaction, and lease grant or revoke — expiry's revokes too, so
+/// nothing is deleted while the cluster is suspect. Alarms, membership and
+/// lease checkpoints still go through.
+fn refused_when_corrupt(op: &Op) -> bool {
+    match op {
+        Op::Put(_) | Op::DeleteRange(_) | Op::Compact(_) | Op::LeaseGrant(_) => true,
+        Op::LeaseRevoke(_) => true,
+        // etcd serves a txn of ranges only (nested txns not counted as
+        // such) on its read path, which no alarm stops; ours go through
+        // raft, so they are let through here instead.
+        Op::Txn(t) => !t.success.iter().chain(&t.failure).all(|r| {
+            matches!(
+                r.request,
+                Some(crate::pb::etcdserverpb::request_op::Request::RequestRange(
+                    _
+                ))
+            )
+        }),
         _ => false,
     }
 }

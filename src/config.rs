@@ -224,7 +224,7 @@ const fn retired(name: &'static str) -> FlagSpec {
 
 // Notes for ignored flags, shared by flag families.
 const BBOLT: &str = "it tunes etcd's bbolt backend; cairn stores data in RocksDB";
-const CORRUPTION: &str = "corruption checks are not implemented yet";
+const CORRUPTION: &str = "the compaction hash check is not implemented";
 const TRACING: &str = "OpenTelemetry tracing is not implemented";
 const WITH_DISCOVERY: &str = "it only matters with --discovery, which cairn refuses";
 const WITH_PROXY: &str = "it only matters with --proxy, which cairn refuses";
@@ -293,10 +293,10 @@ static FLAGS: &[FlagSpec] = &[
     ignored("log-package-levels", Kind::Str, "", "capnslog settings have no effect; use --log-level"),
     ignored("debug", Kind::Bool, "false", "use --log-level=debug"),
     ignored("unsafe-no-fsync", Kind::Bool, "false", "cairn always syncs its writes, which is the safe side"),
-    ignored("feature-gates", Kind::Str, "", "cairn has no etcd feature gates"),
-    ignored("experimental-initial-corrupt-check", Kind::Bool, "false", CORRUPTION),
-    ignored("experimental-corrupt-check-time", Kind::Duration, "0s", CORRUPTION),
-    ignored("corrupt-check-time", Kind::Duration, "0s", CORRUPTION),
+    flag("feature-gates", Kind::Str, "", "Feature gates as Name=bool pairs; cairn acts on InitialCorruptCheck and accepts etcd's others."),
+    flag("experimental-initial-corrupt-check", Kind::Bool, "false", "Check data corruption before serving any client/peer traffic (old form of --feature-gates=InitialCorruptCheck=true)."),
+    flag("experimental-corrupt-check-time", Kind::Duration, "0s", "Old name of --corrupt-check-time."),
+    flag("corrupt-check-time", Kind::Duration, "0s", "Duration of time between cluster corruption check passes."),
     ignored("experimental-compact-hash-check-enabled", Kind::Bool, "false", CORRUPTION),
     ignored("experimental-compact-hash-check-time", Kind::Duration, "1m", CORRUPTION),
     ignored("compact-hash-check-time", Kind::Duration, "1m", CORRUPTION),
@@ -766,6 +766,11 @@ pub struct Config {
     /// than 100 ms is raised to 100 ms, as etcd does.
     pub watch_progress_notify_interval: Duration,
     pub auto_compaction: AutoCompaction,
+    /// Compare hashes with the peers before serving, on a restart
+    /// (`--feature-gates=InitialCorruptCheck=true` or its old flag).
+    pub initial_corrupt_check: bool,
+    /// Between the leader's hash comparisons; zero: never.
+    pub corrupt_check_time: Duration,
     /// Things to log once logging is up: ignored flags, unknown `ETCD_*`
     /// variables.
     pub warnings: Vec<String>,
@@ -1083,6 +1088,27 @@ impl Config {
             watch_progress_notify_interval = MIN_WATCH_PROGRESS_NOTIFY_INTERVAL;
         }
 
+        let gates = settings.get("feature-gates", parse_feature_gates)?;
+        const OLD_INITIAL_CHECK: &str = "experimental-initial-corrupt-check";
+        let initial_corrupt_check = match gates.get(INITIAL_CORRUPT_CHECK) {
+            Some(on) if settings.is_set(OLD_INITIAL_CHECK) => {
+                let old = settings.get(OLD_INITIAL_CHECK, parse_go_bool)?;
+                return Err(ConfigError::Invalid(format!(
+                    "cannot specify both flags: --{OLD_INITIAL_CHECK}={old} and \
+                     --feature-gates={INITIAL_CORRUPT_CHECK}={on} at the same time, please just \
+                     use --feature-gates={INITIAL_CORRUPT_CHECK}={on}"
+                )));
+            }
+            Some(on) => *on,
+            None => settings.get(OLD_INITIAL_CHECK, parse_go_bool)?,
+        };
+        // As etcd 3.6: the old name, when given, wins.
+        let corrupt_check_time = if settings.is_set("experimental-corrupt-check-time") {
+            settings.get("experimental-corrupt-check-time", parse_duration_flag)?
+        } else {
+            settings.get("corrupt-check-time", parse_duration_flag)?
+        };
+
         Ok(Config {
             name,
             data_dir,
@@ -1107,6 +1133,8 @@ impl Config {
             log_format,
             watch_progress_notify_interval,
             auto_compaction,
+            initial_corrupt_check,
+            corrupt_check_time,
             warnings,
         })
     }
@@ -1449,6 +1477,46 @@ fn parse_text(text: &str) -> Result<String, String> {
 }
 
 /// Go's `strconv.ParseBool`.
+const INITIAL_CORRUPT_CHECK: &str = "InitialCorruptCheck";
+
+/// etcd 3.6's server feature gates. Only InitialCorruptCheck changes what
+/// cairn does; the others tune etcd internals cairn does not have.
+const FEATURE_GATES: &[&str] = &[
+    "AllAlpha",
+    "AllBeta",
+    "CompactHashCheck",
+    INITIAL_CORRUPT_CHECK,
+    "LeaseCheckpoint",
+    "LeaseCheckpointPersist",
+    "SetMemberLocalAddr",
+    "StopGRPCServiceOnDefrag",
+    "TxnModeWriteWithSharedBuffer",
+];
+
+/// `--feature-gates`: `Name=bool` pairs separated by commas, with the
+/// errors of Kubernetes' feature-gate parser that etcd uses.
+fn parse_feature_gates(text: &str) -> Result<BTreeMap<String, bool>, String> {
+    let mut gates = BTreeMap::new();
+    for pair in text.split(',') {
+        let pair = pair.trim();
+        if pair.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!("missing bool value for {pair}"));
+        };
+        let (name, value) = (name.trim(), value.trim());
+        if !FEATURE_GATES.contains(&name) {
+            return Err(format!("unrecognized feature gate: {name}"));
+        }
+        let on = parse_go_bool(value).map_err(|_| {
+            format!("invalid value of {name}={value}, err: strconv.ParseBool: parsing {value:?}: invalid syntax")
+        })?;
+        gates.insert(name.to_string(), on);
+    }
+    Ok(gates)
+}
+
 fn parse_go_bool(text: &str) -> Result<bool, String> {
     match text {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
@@ -2443,8 +2511,8 @@ mod tests {
     #[test]
     fn ignored_flags_warn_and_still_check_their_values() {
         let config = parse(&[
-            "--experimental-initial-corrupt-check=true",
-            "--feature-gates=InitialCorruptCheck=true",
+            "--experimental-compact-hash-check-enabled=true",
+            "--enable-pprof=true",
             "--pre-vote=true",
             "--strict-reconfig-check",
             "--max-learners=1",
@@ -2454,14 +2522,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.warnings.len(), 3, "{:?}", config.warnings);
         assert!(config.warnings.contains(
-            &"flag --experimental-initial-corrupt-check is accepted for compatibility with etcd \
-              and ignored: corruption checks are not implemented yet"
+            &"flag --experimental-compact-hash-check-enabled is accepted for compatibility with \
+              etcd and ignored: the compaction hash check is not implemented"
                 .to_string()
         ));
-        assert!(config
-            .warnings
-            .iter()
-            .any(|w| w.contains("--feature-gates")));
+        assert!(config.warnings.iter().any(|w| w.contains("--enable-pprof")));
         assert!(config
             .warnings
             .iter()
@@ -2476,6 +2541,63 @@ mod tests {
         assert_eq!(
             err.to_string(),
             r#"invalid boolean value "maybe" for -pre-vote: parse error"#
+        );
+    }
+
+    #[test]
+    fn corruption_check_flags() {
+        let c = parse(&[]).unwrap();
+        assert!(!c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::ZERO);
+        for args in [
+            &["--feature-gates=InitialCorruptCheck=true"][..],
+            &["--feature-gates=LeaseCheckpoint=false, InitialCorruptCheck=true"],
+            &["--experimental-initial-corrupt-check"],
+        ] {
+            assert!(parse(args).unwrap().initial_corrupt_check, "{args:?}");
+        }
+        assert!(
+            !parse(&["--feature-gates=InitialCorruptCheck=false"])
+                .unwrap()
+                .initial_corrupt_check
+        );
+        // etcd 3.6's refusal of both forms at once.
+        let err = parse(&[
+            "--experimental-initial-corrupt-check=true",
+            "--feature-gates=InitialCorruptCheck=true",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot specify both flags: --experimental-initial-corrupt-check=true and \
+             --feature-gates=InitialCorruptCheck=true at the same time, please just use \
+             --feature-gates=InitialCorruptCheck=true"
+        );
+        for (arg, reason) in [
+            ("--feature-gates=Bogus=true", "unrecognized feature gate: Bogus"),
+            ("--feature-gates=InitialCorruptCheck", "missing bool value for InitialCorruptCheck"),
+            (
+                "--feature-gates=InitialCorruptCheck=yes",
+                "invalid value of InitialCorruptCheck=yes, err: strconv.ParseBool: parsing \"yes\": invalid syntax",
+            ),
+        ] {
+            let err = parse(&[arg]).unwrap_err().to_string();
+            assert!(err.contains("-feature-gates") && err.ends_with(reason), "{arg}: {err}");
+        }
+        assert_eq!(
+            parse(&["--corrupt-check-time=3s"])
+                .unwrap()
+                .corrupt_check_time,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            parse(&[
+                "--corrupt-check-time=3s",
+                "--experimental-corrupt-check-time=1m"
+            ])
+            .unwrap()
+            .corrupt_check_time,
+            Duration::from_secs(60)
         );
     }
 
@@ -2533,7 +2655,8 @@ mod tests {
             Duration::from_secs(5)
         );
         assert_eq!(config.snapshot_count, 10_000);
-        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(config.initial_corrupt_check);
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
         config.verify_bootstrap().unwrap();
     }
 

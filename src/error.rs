@@ -28,6 +28,9 @@ pub enum Error {
     FutureRevision,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    /// A CORRUPT alarm is active: writes are refused cluster-wide.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -88,6 +91,7 @@ impl Error {
             | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRevision => Code::OutOfRange,
             NoSpace => Code::ResourceExhausted,
+            Corrupt => Code::DataLoss,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             NoLeader | LeaderChanged | Timeout | Stopped => Code::Unavailable,
             NotCapable | LeaseExists | NotLeader | BadLeaderTransferee => Code::FailedPrecondition,

@@ -58,6 +58,8 @@ fn main() {
             .collect(),
         initial_cluster_token: cfg.initial_cluster_token.clone(),
         join_existing: cfg.initial_cluster_state == ClusterState::Existing,
+        initial_corrupt_check: cfg.initial_corrupt_check,
+        corrupt_check_time: cfg.corrupt_check_time,
         snapshot_count: cfg.snapshot_count,
         max_learners: cfg.max_learners.max(0) as usize,
         strict_reconfig_check: cfg.strict_reconfig_check,

@@ -1,4 +1,4 @@
-//! The Maintenance service: Status, HashKV, Snapshot, MoveLeader, Alarm and
+//! The Maintenance service: Status, Hash, HashKV, Snapshot, MoveLeader, Alarm and
 //! Defragment.
 
 use std::sync::atomic::Ordering;
@@ -10,8 +10,8 @@ use super::{check_leader, check_learner, ResponseStream};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    HashKvRequest, HashKvResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::server::Member;
 
@@ -61,6 +61,25 @@ impl Maintenance for MaintenanceService {
         let rev = self.member.store().current_revision();
         Ok(Response::new(MoveLeaderResponse {
             header: Some(self.member.header(rev)),
+        }))
+    }
+
+    /// etcd's whole-database hash: CRC-32C over the store laid out as
+    /// etcd's buckets (see `backup::export::hash_etcd_db`), the same on
+    /// every member at the same revision.
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        check_learner(&self.member, false)?;
+        check_leader(&self.member, &req)?;
+        let storage = self.member.storage().clone();
+        let members = self.member.membership.list();
+        let (hash, revision) = tokio::task::spawn_blocking(move || {
+            crate::backup::export::hash_etcd_db(&storage, &members)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(HashResponse {
+            header: Some(self.member.header(revision)),
+            hash,
         }))
     }
 
@@ -140,7 +159,7 @@ impl Maintenance for MaintenanceService {
                     _ => return Err(Status::internal("unexpected response kind")),
                 }
             }
-            _ => self.member.alarms.list(),
+            _ => self.member.alarms.of_type(r.alarm),
         };
         let rev = self.member.store().current_revision();
         Ok(Response::new(AlarmResponse {

@@ -48,56 +48,176 @@ pub fn write_etcd_db(
     members: &[MemberInfo],
     term: u64,
 ) -> Result<Exported> {
+    let mut w = Writer::create(path, WriterOptions::default()).map_err(Error::internal)?;
+    let (revision, applied_index) = visit_etcd_db(storage, members, term, &mut w)?;
+    // Not synced: the file is read back at once and then removed, and
+    // forcing it to disk would stall the member's own log syncs.
+    let file = w
+        .finish()
+        .map_err(bolt)?
+        .into_inner()
+        .map_err(|e| Error::internal(e.error()))?;
+    let size = file.metadata().map_err(Error::internal)?.len();
+    Ok(Exported {
+        size,
+        revision,
+        applied_index,
+    })
+}
+
+/// etcd's `Maintenance.Hash`: CRC-32C over every bucket of the database
+/// `write_etcd_db` would write now — each bucket's name, then its keys and
+/// values in order — leaving out `meta`'s `consistent_index` and `term`,
+/// which differ between members holding the same data. The same on every
+/// member at the same revision; with the store's revision. Blocking.
+pub fn hash_etcd_db(storage: &Storage, members: &[MemberInfo]) -> Result<(u32, i64)> {
+    let mut h = DbHasher::default();
+    let (revision, _) = visit_etcd_db(storage, members, 0, &mut h)?;
+    Ok((h.crc, revision))
+}
+
+/// Where the buckets of an etcd database go, in the root's byte order.
+trait DbSink {
+    type Bucket<'a>: BucketSink
+    where
+        Self: 'a;
+    fn bucket(&mut self, name: &[u8]) -> Result<Self::Bucket<'_>>;
+}
+
+/// One bucket's entries, in strictly increasing key order.
+trait BucketSink {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+    fn finish(self) -> Result<()>;
+}
+
+fn bolt(e: crate::bbolt::Error) -> Error {
+    Error::Internal(format!("writing the snapshot: {e}"))
+}
+
+impl<W: std::io::Write + std::io::Seek> DbSink for Writer<W> {
+    type Bucket<'a>
+        = crate::bbolt::BucketWriter<'a, W>
+    where
+        W: 'a;
+    fn bucket(&mut self, name: &[u8]) -> Result<Self::Bucket<'_>> {
+        Writer::bucket(self, name).map_err(bolt)
+    }
+}
+
+impl<W: std::io::Write + std::io::Seek> BucketSink for crate::bbolt::BucketWriter<'_, W> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        crate::bbolt::BucketWriter::put(self, key, value).map_err(bolt)
+    }
+    fn finish(self) -> Result<()> {
+        crate::bbolt::BucketWriter::finish(self).map_err(bolt)
+    }
+}
+
+/// The hash etcd's backend computes over its buckets.
+#[derive(Default)]
+struct DbHasher {
+    crc: u32,
+}
+
+struct BucketHasher<'a> {
+    crc: &'a mut u32,
+    meta: bool,
+}
+
+impl DbSink for DbHasher {
+    type Bucket<'a> = BucketHasher<'a>;
+    fn bucket(&mut self, name: &[u8]) -> Result<BucketHasher<'_>> {
+        self.crc = crc32c::crc32c_append(self.crc, name);
+        Ok(BucketHasher {
+            crc: &mut self.crc,
+            meta: name == b"meta",
+        })
+    }
+}
+
+impl BucketSink for BucketHasher<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        // etcd's default ignores: what is per member, not per store.
+        if self.meta && (key == b"consistent_index" || key == b"term") {
+            return Ok(());
+        }
+        *self.crc = crc32c::crc32c_append(*self.crc, key);
+        *self.crc = crc32c::crc32c_append(*self.crc, value);
+        Ok(())
+    }
+    fn finish(self) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn whole_bucket<S: DbSink, K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    sink: &mut S,
+    name: &[u8],
+    entries: impl IntoIterator<Item = (K, V)>,
+) -> Result<()> {
+    let mut b = sink.bucket(name)?;
+    for (k, v) in entries {
+        b.put(k.as_ref(), v.as_ref())?;
+    }
+    b.finish()
+}
+
+const NONE: [(&[u8], &[u8]); 0] = [];
+
+/// Feeds the store, from one RocksDB snapshot, to `sink` as etcd's ten
+/// buckets; the store's revision and applied index in it.
+fn visit_etcd_db<S: DbSink>(
+    storage: &Storage,
+    members: &[MemberInfo],
+    term: u64,
+    sink: &mut S,
+) -> Result<(i64, u64)> {
     let snap = storage.db().snapshot();
     let applied_index = crate::apply::applied_index_at(storage, &snap)?;
     let (scheduled, finished) = crate::mvcc::store::compaction_at(storage, &snap)?;
     let members = crate::membership::members_at(storage, &snap, members)?;
-    let mut w = Writer::create(path, WriterOptions::default()).map_err(Error::internal)?;
-    let bolt = |e: crate::bbolt::Error| Error::Internal(format!("writing the snapshot: {e}"));
 
-    // The root bucket's entries in byte order, as bbolt keeps them.
-    w.write_bucket::<[(&[u8], &[u8]); 0], &[u8], &[u8]>(b"alarm", [])
-        .map_err(bolt)?;
-    w.write_bucket(b"auth", [(b"authRevision", 1u64.to_be_bytes())])
-        .map_err(bolt)?;
-    w.write_bucket::<[(&[u8], &[u8]); 0], &[u8], &[u8]>(b"authRoles", [])
-        .map_err(bolt)?;
-    w.write_bucket::<[(&[u8], &[u8]); 0], &[u8], &[u8]>(b"authUsers", [])
-        .map_err(bolt)?;
-    w.write_bucket(b"cluster", [(b"clusterVersion", CLUSTER_VERSION)])
-        .map_err(bolt)?;
+    // The root bucket's entries in byte order, as bbolt keeps them. Alarms
+    // are keyed by their protobuf encoding with empty values, as etcd does.
+    let mut alarms: Vec<Vec<u8>> = crate::alarm::alarms_at(storage, &snap)?
+        .iter()
+        .map(|a| a.encode_to_vec())
+        .collect();
+    alarms.sort();
+    whole_bucket(sink, b"alarm", alarms.iter().map(|k| (k, b"")))?;
+    whole_bucket(sink, b"auth", [(b"authRevision", 1u64.to_be_bytes())])?;
+    whole_bucket(sink, b"authRoles", NONE)?;
+    whole_bucket(sink, b"authUsers", NONE)?;
+    whole_bucket(sink, b"cluster", [(b"clusterVersion", CLUSTER_VERSION)])?;
 
     let mut revision = 1i64;
     {
-        let mut key = w.bucket(b"key").map_err(bolt)?;
+        let mut key = sink.bucket(b"key")?;
         crate::mvcc::store::etcd_key_bucket(storage, &snap, |k, v| {
             revision = i64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
-            key.put(k, v).map_err(bolt)
+            key.put(k, v)
         })?;
-        key.finish().map_err(bolt)?;
+        key.finish()?;
     }
     {
-        let mut lease = w.bucket(b"lease").map_err(bolt)?;
+        let mut lease = sink.bucket(b"lease")?;
         crate::lease::leases_at(storage, &snap, |id, ttl, remaining| {
             let record = LeaseRecord {
                 id,
                 ttl,
                 remaining_ttl: remaining,
             };
-            lease
-                .put(&id.to_be_bytes(), &record.encode_to_vec())
-                .map_err(bolt)
+            lease.put(&id.to_be_bytes(), &record.encode_to_vec())
         })?;
-        lease.finish().map_err(bolt)?;
+        lease.finish()?;
     }
     let mut by_key: Vec<(String, String)> = members
         .iter()
         .map(|m| (format!("{:x}", m.id), member_json(m)))
         .collect();
     by_key.sort();
-    w.write_bucket(b"members", by_key).map_err(bolt)?;
-    w.write_bucket::<[(&[u8], &[u8]); 0], &[u8], &[u8]>(b"members_removed", [])
-        .map_err(bolt)?;
+    whole_bucket(sink, b"members", by_key)?;
+    whole_bucket(sink, b"members_removed", NONE)?;
 
     // `meta`, in byte order of its keys.
     let voters: Vec<String> = members
@@ -130,21 +250,8 @@ pub fn write_etcd_db(
         meta.push((b"scheduledCompactRev", etcd_revision(scheduled)));
     }
     meta.push((b"term", term.to_be_bytes().to_vec()));
-    w.write_bucket(b"meta", meta).map_err(bolt)?;
-
-    // Not synced: the file is read back at once and then removed, and
-    // forcing it to disk would stall the member's own log syncs.
-    let file = w
-        .finish()
-        .map_err(bolt)?
-        .into_inner()
-        .map_err(|e| Error::internal(e.error()))?;
-    let size = file.metadata().map_err(Error::internal)?.len();
-    Ok(Exported {
-        size,
-        revision,
-        applied_index,
-    })
+    whole_bucket(sink, b"meta", meta)?;
+    Ok((revision, applied_index))
 }
 
 /// etcd's 17-byte revision key for `main` (sub revision 0).

@@ -4,8 +4,9 @@
 //! etcd.
 //!
 //! The store comes back exactly: every revision of the `key` bucket, the
-//! current revision, the compaction state and the leases (with the keys
-//! attached to them). The membership does not: the new members are the ones
+//! current revision, the compaction state, the leases (with the keys
+//! attached to them) and the alarms (as etcd: a full store restored is
+//! still full until disarmed). The membership does not: the new members are the ones
 //! named on the command line, and the raft log starts afresh.
 //!
 //! **Invariant:** the snapshot is read record by record and written in
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::LeaseRecord;
 use crate::bbolt::Db;
+use crate::pb::etcdserverpb::AlarmMember;
 use crate::server::identity::{Identity, InitialMember};
 use crate::storage::Storage;
 
@@ -104,6 +106,13 @@ fn import(
             crate::lease::import_lease(storage, &mut batch, l.id, l.ttl, l.remaining_ttl);
             leases += 1;
         }
+    }
+    if let Some(alarm) = db.bucket(b"alarm")? {
+        let mut alarms = Vec::new();
+        for entry in alarm.iter() {
+            alarms.push(AlarmMember::decode(entry?.key.as_slice())?);
+        }
+        crate::alarm::import(storage, &mut batch, alarms);
     }
     let (mut scheduled, mut finished) = (-1, -1);
     if let Some(meta) = db.bucket(b"meta")? {

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use super::authority_repair;
+use super::corruption;
 
 use super::identity::{find_self, Identity, InitialMember};
 use super::peer::{PeerContext, PeerService};
@@ -61,6 +62,10 @@ pub struct BootSettings {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub watch_progress_notify_interval: Duration,
+    /// Compare hashes with the peers before serving, on a restart.
+    pub initial_corrupt_check: bool,
+    /// Between the leader's hash comparisons; zero: never.
+    pub corrupt_check_time: Duration,
 }
 
 /// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so
@@ -114,6 +119,18 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         membership.clone(),
         alarms.clone(),
     )?;
+    // As etcd: only a member restarting on its data, before it serves
+    // anything (a new one has nothing to compare yet).
+    if s.initial_corrupt_check && !identity.new {
+        corruption::initial_check(
+            &store,
+            &membership.list(),
+            identity.member_id,
+            identity.cluster_id,
+            corruption::request_timeout(s.election_timeout),
+        )
+        .await?;
+    }
     let log = LogStore::open(storage.clone())?;
     let transport = Transport::new(
         &tokio::runtime::Handle::current(),
@@ -157,6 +174,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             lessor: lessor.clone(),
             membership: membership.clone(),
             storage: storage.clone(),
+            store: store.clone(),
         }))
         .max_decoding_message_size(usize::MAX);
         let mut stop = peer_stop_rx.clone();
@@ -247,6 +265,13 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         servers.push(tokio::spawn(server));
     }
     let expiry = tokio::spawn(expire_leases(member.clone(), lessor.clone()));
+    let corruption_monitor = (!s.corrupt_check_time.is_zero()).then(|| {
+        tokio::spawn(corruption::monitor(
+            member.clone(),
+            s.corrupt_check_time,
+            corruption::request_timeout(s.election_timeout),
+        ))
+    });
 
     tracing::info!("ready to serve client requests");
     let status = member.raft().status.clone();
@@ -269,6 +294,9 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = stop_tx.send(true);
     let _ = peer_stop_tx.send(true);
     expiry.abort();
+    if let Some(m) = corruption_monitor {
+        m.abort();
+    }
     // Long-lived streams (watches, peers' raft streams) never end on their
     // own: give in-flight calls a moment, then cut the rest.
     for mut s in servers.into_iter().chain(peer_servers) {

@@ -10,5 +10,6 @@ pub use member::{Member, MemberSettings};
 
 pub mod authority_repair;
 pub mod boot;
+pub mod corruption;
 pub mod identity;
 pub mod peer;

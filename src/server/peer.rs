@@ -13,11 +13,12 @@ use crate::consensus::snapshot::{self, Records};
 use crate::consensus::{Command, RaftHandle};
 use crate::lease::Lessor;
 use crate::membership::Membership;
+use crate::mvcc::MvccStore;
 use crate::pb::cairnpb::peer_server::Peer;
 use crate::pb::cairnpb::{
-    LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest, LeaseTtlResponse, MembersRequest,
-    MembersResponse, PeerMember, PromoteRequest, PromoteResponse, RaftAck, RaftBatch, SnapshotAck,
-    SnapshotChunk,
+    HashKvRequest, HashKvResponse, LeaseRenewRequest, LeaseRenewResponse, LeaseTtlRequest,
+    LeaseTtlResponse, MembersRequest, MembersResponse, PeerMember, PromoteRequest, PromoteResponse,
+    RaftAck, RaftBatch, SnapshotAck, SnapshotChunk,
 };
 use crate::server::Member;
 use crate::storage::Storage;
@@ -31,6 +32,7 @@ pub struct PeerService {
     lessor: Arc<Lessor>,
     membership: Arc<Membership>,
     storage: Storage,
+    store: Arc<MvccStore>,
     /// One incoming snapshot at a time: two would share a staging directory
     /// when they are the same snapshot resent.
     receiving: tokio::sync::Mutex<()>,
@@ -45,6 +47,7 @@ pub struct PeerContext {
     pub lessor: Arc<Lessor>,
     pub membership: Arc<Membership>,
     pub storage: Storage,
+    pub store: Arc<MvccStore>,
 }
 
 impl PeerService {
@@ -57,6 +60,7 @@ impl PeerService {
             lessor: c.lessor,
             membership: c.membership,
             storage: c.storage,
+            store: c.store,
             receiving: tokio::sync::Mutex::new(()),
         }
     }
@@ -234,5 +238,28 @@ impl Peer for PeerService {
         let member = self.ready_member().await?;
         member.promote_on_leader(r.id).await?;
         Ok(Response::new(PromoteResponse {}))
+    }
+
+    /// A peer's corruption check asks for our hash at its revision. Served
+    /// as soon as the peer port is up (a member restarting with the initial
+    /// check asks before it serves anything itself), not only once ready.
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let r = req.into_inner();
+        self.check_cluster(r.cluster_id, 0)?;
+        let store = self.store.clone();
+        let (hash, compact_revision, hash_revision) =
+            tokio::task::spawn_blocking(move || store.hash_kv(r.revision))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(HashKvResponse {
+            member_id: self.member_id,
+            revision: self.store.current_revision(),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 }
