@@ -13,6 +13,7 @@ pub mod ids;
 pub mod kv;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod pb;
 pub mod server;
