@@ -9,6 +9,7 @@ pub mod bbolt;
 pub mod config;
 pub mod consensus;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod kv;
 pub mod lease;
