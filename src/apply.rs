@@ -379,6 +379,7 @@ impl Applier {
         }
         let WriteOutcome { batch, rev, events } = out;
         self.commit(index, batch)?;
+        crate::metrics::hooks::write_applied(&resp, &events);
         store.publish(rev);
         if !events.is_empty() {
             self.hub.publish(rev, events);
@@ -454,7 +455,9 @@ impl Applier {
     fn commit(&mut self, index: u64, mut batch: WriteBatch) -> Result<()> {
         batch.put_cf(self.storage.cf(CF_META), META_APPLIED, index.to_be_bytes());
         // Unsynced: the raft log is durable, and re-applying is harmless.
+        let started = std::time::Instant::now();
         self.storage.write(batch, false)?;
+        crate::metrics::hooks::backend_commit(started.elapsed());
         self.applied = index;
         Ok(())
     }

@@ -43,6 +43,11 @@ fn main() {
             .iter()
             .map(|u| (u.host().to_string(), u.port()))
             .collect(),
+        listen_metrics: cfg
+            .listen_metrics_urls
+            .iter()
+            .map(|u| (u.host().to_string(), u.port()))
+            .collect(),
         advertise_client_urls: cfg
             .advertise_client_urls
             .iter()

@@ -75,6 +75,7 @@ pub fn run(
                     if e.index <= applier.applied_index() {
                         continue;
                     }
+                    let started = std::time::Instant::now();
                     let applied = match e.get_entry_type() {
                         EntryType::EntryNormal if !e.get_data().is_empty() => {
                             applier.apply(e.index, e.get_data())?
@@ -96,6 +97,7 @@ pub fn run(
                             None
                         }
                     };
+                    crate::metrics::hooks::entry_applied(started.elapsed());
                     if let Some(applied) = applied {
                         if applied.member == member {
                             if let Some(w) = waiters.remove(&applied.id) {

@@ -168,7 +168,11 @@ impl LogStore {
                 hs.write_to_bytes().map_err(Error::internal)?,
             );
         }
+        let started = std::time::Instant::now();
         self.storage.write(batch, must_sync)?;
+        if must_sync {
+            crate::metrics::hooks::wal_fsync(started.elapsed());
+        }
         if let Some(first) = entries.first() {
             self.terms
                 .truncate((first.index - self.truncated_index - 1) as usize);

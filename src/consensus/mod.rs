@@ -3,6 +3,7 @@
 pub mod apply_worker;
 pub mod log_store;
 pub mod node;
+pub mod peer_probe;
 pub mod snapshot;
 pub mod transport;
 

@@ -374,7 +374,8 @@ impl Driver {
         }
         let mut rd = self.node.ready();
         if let Some(ss) = rd.ss() {
-            self.status.leader.store(ss.leader_id, Ordering::SeqCst);
+            let previous = self.status.leader.swap(ss.leader_id, Ordering::SeqCst);
+            crate::metrics::hooks::leader_seen(previous, ss.leader_id);
             let leader = ss.raft_state == StateRole::Leader;
             if leader != self.status.is_leader.swap(leader, Ordering::SeqCst) {
                 self.to_apply(ApplyMsg::Leader(leader))?;

@@ -130,8 +130,12 @@ impl Transport {
             let to = m.to;
             if let Some(q) = self.peers.get(&to) {
                 match q.try_send(bytes) {
+                    Ok(()) => continue,
                     // Full queue: the peer is slow or away; raft will resend.
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        let heartbeat = m.get_msg_type() == MessageType::MsgHeartbeat;
+                        crate::metrics::hooks::peer_message_dropped(to, heartbeat);
+                    }
                     // Its task ended (the member was removed, or came back
                     // under a new configuration): start over below.
                     Err(mpsc::error::TrySendError::Closed(b)) => {
@@ -256,6 +260,7 @@ impl PeerLink {
                     continue;
                 }
             };
+            let _probe = super::peer_probe::PeerProbe::start(client.clone(), self.to);
             let (tx, rx) = mpsc::channel::<RaftBatch>(64);
             let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(rx)).await });
             self.activity.up(self.to);

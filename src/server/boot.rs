@@ -47,6 +47,8 @@ pub struct BootSettings {
     pub listen_client: Vec<(String, u16)>,
     /// host:port pairs to listen on for peers (when there are any).
     pub listen_peer: Vec<(String, u16)>,
+    /// host:port pairs serving the HTTP endpoints (`--listen-metrics-urls`).
+    pub listen_metrics: Vec<(String, u16)>,
     pub advertise_client_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_token: String,
@@ -216,6 +218,10 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         storage,
     ));
     member_tx.send_replace(Some(member.clone()));
+    crate::metrics::set_member_info(identity.member_id, s.quota_backend_bytes);
+    let http_listeners =
+        crate::http::HttpListeners::bind(&s.listen_metrics, crate::http::router(member.clone()))
+            .await?;
     // As etcd: clients are served once the cluster knows our client URLs.
     publish_attributes(&member, &s.name, &s.advertise_client_urls).await;
 
@@ -253,6 +259,10 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         let mut stop = stop_rx.clone();
         let incoming = TcpListenerStream::new(l).map(|c| c.map(authority_repair::filter));
         let server = tonic::transport::Server::builder()
+            .layer(crate::metrics::grpc::GrpcMetricsLayer)
+            // HTTP/1.1 beside gRPC, for the HTTP endpoints (etcd's cmux).
+            .accept_http1(true)
+            .add_routes(crate::http::client_routes(member.clone()))
             .add_service(kv)
             .add_service(cluster)
             .add_service(maintenance)
@@ -293,6 +303,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     }
     let _ = stop_tx.send(true);
     let _ = peer_stop_tx.send(true);
+    drop(http_listeners);
     expiry.abort();
     if let Some(m) = corruption_monitor {
         m.abort();

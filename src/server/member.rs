@@ -217,13 +217,18 @@ impl Member {
         if data.len() > self.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
+        let pending = crate::metrics::hooks::PendingProposal::start();
         let (done, rx) = oneshot::channel();
-        self.raft.send(Command::Propose { id, data, done })?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
-        }
+        let result = match self.raft.send(Command::Propose { id, data, done }) {
+            Err(e) => Err(e),
+            Ok(()) => match tokio::time::timeout(self.request_timeout, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(Error::Stopped),
+                Err(_) => Err(Error::Timeout),
+            },
+        };
+        pending.finish(&result);
+        result
     }
 
     /// Hands leadership to member `to` (etcd's MoveLeader): only the leader
