@@ -13,6 +13,7 @@ pub mod http;
 pub mod ids;
 pub mod kv;
 pub mod lease;
+pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod mvcc;

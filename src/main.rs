@@ -1,8 +1,6 @@
 //! `cairn`: etcd's command line in front of a cairn member.
 
-use std::io::IsTerminal;
-
-use cairn::config::{ClusterState, Config, LogFormat};
+use cairn::config::{ClusterState, Config};
 use cairn::server::boot::{self, BootSettings};
 use cairn::server::identity::InitialMember;
 
@@ -13,7 +11,10 @@ fn main() {
         std::process::exit(cairn::backup::cli::run(&args[2..]));
     }
     let cfg = Config::from_env_and_args().unwrap_or_else(|e| e.exit());
-    init_logging(&cfg);
+    if let Err(e) = cairn::logging::init(&cfg) {
+        eprintln!("cannot set up logging: {e}");
+        std::process::exit(1);
+    }
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }
@@ -102,28 +103,10 @@ async fn stop_signal() {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
-/// etcd logs JSON (zap) by default; we do the same, and plain text when
-/// asked or when stderr is a terminal and nothing was asked.
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(cfg.log_level.tracing_directive()));
-    let json = match cfg.log_format {
-        Some(LogFormat::Json) => true,
-        Some(LogFormat::Console) => false,
-        None => !std::io::stderr().is_terminal(),
+    // etcd's line and signal names.
+    let name = tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term.recv() => "terminated",
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
-    }
+    tracing::info!(signal = name, "received signal; shutting down");
 }

@@ -22,6 +22,7 @@ use super::log_store::LogStore;
 use super::transport::Transport;
 use crate::apply::{Applier, Response};
 use crate::error::{Error, Result};
+use crate::ids::format_id;
 
 /// Linearizable reads waiting for one ReadIndex round.
 type ReadWaiters = Vec<oneshot::Sender<Result<()>>>;
@@ -376,16 +377,12 @@ impl Driver {
         if let Some(ss) = rd.ss() {
             let previous = self.status.leader.swap(ss.leader_id, Ordering::SeqCst);
             crate::metrics::hooks::leader_seen(previous, ss.leader_id);
+            if previous != ss.leader_id {
+                log_leader_change(self.cfg.id, previous, ss.leader_id, self.node.raft.term);
+            }
             let leader = ss.raft_state == StateRole::Leader;
             if leader != self.status.is_leader.swap(leader, Ordering::SeqCst) {
                 self.to_apply(ApplyMsg::Leader(leader))?;
-                if leader {
-                    tracing::info!(
-                        member = format_args!("{:x}", self.cfg.id),
-                        term = self.node.raft.term,
-                        "became leader"
-                    );
-                }
             }
         }
         // Messages that need nothing persisted first (a leader's appends may
@@ -542,5 +539,17 @@ impl Driver {
             store.compact_to(applied - keep)?;
         }
         Ok(())
+    }
+}
+
+/// etcd's leader milestones, word for word (operators grep for them).
+fn log_leader_change(me: u64, from: u64, to: u64, term: u64) {
+    let (me, from_id, to_id) = (format_id(me), format_id(from), format_id(to));
+    if from == 0 {
+        tracing::info!("raft.node: {me} elected leader {to_id} at term {term}");
+    } else if to == 0 {
+        tracing::info!("raft.node: {me} lost leader {from_id} at term {term}");
+    } else {
+        tracing::info!("raft.node: {me} changed leader from {from_id} to {to_id} at term {term}");
     }
 }

@@ -284,10 +284,10 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     });
 
     tracing::info!("ready to serve client requests");
+    super::systemd::ready();
     let status = member.raft().status.clone();
     tokio::select! {
         _ = shutdown => {
-            tracing::info!("received stop signal; shutting down");
             member.hand_off_leadership(3 * s.election_timeout).await;
         }
         _ = status.removed_notify.notified() => {
@@ -301,6 +301,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             }
         }
     }
+    super::systemd::stopping();
     let _ = stop_tx.send(true);
     let _ = peer_stop_tx.send(true);
     drop(http_listeners);
@@ -391,9 +392,17 @@ async fn publish_attributes(member: &Member, name: &str, client_urls: &[String])
             client_ur_ls: client_urls.to_vec(),
             ..Default::default()
         });
-        if let Err(e) = member.propose(op).await {
-            tracing::warn!(error = %e, "publishing member attributes failed; retrying");
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        match member.propose(op).await {
+            Ok(_) => tracing::info!(
+                local_member_id = %format_id(member.id),
+                local_member_attributes = %format!("{{Name:{name} ClientURLs:[{}]}}", client_urls.join(" ")),
+                cluster_id = %format_id(member.cluster_id),
+                "published local member to cluster through raft"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing member attributes failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
     }
 }

@@ -13,3 +13,4 @@ pub mod boot;
 pub mod corruption;
 pub mod identity;
 pub mod peer;
+pub mod systemd;
