@@ -66,6 +66,7 @@ fn main() {
         join_existing: cfg.initial_cluster_state == ClusterState::Existing,
         initial_corrupt_check: cfg.initial_corrupt_check,
         corrupt_check_time: cfg.corrupt_check_time,
+        auto_compaction: cfg.auto_compaction,
         snapshot_count: cfg.snapshot_count,
         max_learners: cfg.max_learners.max(0) as usize,
         strict_reconfig_check: cfg.strict_reconfig_check,

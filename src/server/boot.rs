@@ -68,6 +68,7 @@ pub struct BootSettings {
     pub initial_corrupt_check: bool,
     /// Between the leader's hash comparisons; zero: never.
     pub corrupt_check_time: Duration,
+    pub auto_compaction: crate::config::AutoCompaction,
 }
 
 /// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so
@@ -275,6 +276,10 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         servers.push(tokio::spawn(server));
     }
     let expiry = tokio::spawn(expire_leases(member.clone(), lessor.clone()));
+    let auto_compaction = tokio::spawn(super::auto_compaction::run(
+        member.clone(),
+        s.auto_compaction,
+    ));
     let corruption_monitor = (!s.corrupt_check_time.is_zero()).then(|| {
         tokio::spawn(corruption::monitor(
             member.clone(),
@@ -306,6 +311,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let _ = peer_stop_tx.send(true);
     drop(http_listeners);
     expiry.abort();
+    auto_compaction.abort();
     if let Some(m) = corruption_monitor {
         m.abort();
     }

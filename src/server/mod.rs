@@ -9,6 +9,7 @@ pub use crate::membership::MemberInfo;
 pub use member::{Member, MemberSettings};
 
 pub mod authority_repair;
+pub mod auto_compaction;
 pub mod boot;
 pub mod corruption;
 pub mod identity;
