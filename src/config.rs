@@ -110,7 +110,6 @@ enum Refusal {
     Discovery,
     Proxy,
     V2Api,
-    ConfigFile,
     WalDir,
     ForceNewCluster,
     HttpOnlyListener,
@@ -140,10 +139,6 @@ impl Refusal {
             Refusal::V2Api => (
                 "cairn serves the v3 API only",
                 "leave v2 clients without the API they expect",
-            ),
-            Refusal::ConfigFile => (
-                "cairn reads flags and ETCD_* variables only",
-                "ignore the configuration in that file",
             ),
             Refusal::WalDir => (
                 "cairn keeps its log inside --data-dir",
@@ -387,7 +382,7 @@ static FLAGS: &[FlagSpec] = &[
     refused("proxy", Kind::Str, "off", Refusal::Proxy),
     refused("enable-v2", Kind::Bool, "false", Refusal::V2Api),
     refused("experimental-enable-v2v3", Kind::Str, "", Refusal::V2Api),
-    refused("config-file", Kind::Str, "", Refusal::ConfigFile),
+    flag("config-file", Kind::Str, "", "Path to an etcd YAML configuration file; when given, other flags and ETCD_* variables are ignored."),
     refused("wal-dir", Kind::Str, "", Refusal::WalDir),
     refused("force-new-cluster", Kind::Bool, "false", Refusal::ForceNewCluster),
     refused("listen-client-http-urls", Kind::Urls, "", Refusal::HttpOnlyListener),
@@ -840,6 +835,27 @@ impl Config {
             return Err(ConfigError::DisplayVersion(Config::version_text()));
         }
         let mut warnings = Vec::new();
+        let env: Vec<(String, String)> =
+            env.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        // As etcd: a config file, named by the flag or ETCD_CONFIG_FILE,
+        // replaces every other flag and variable.
+        let file = match settings.values.get("config-file") {
+            Some(s) => Some(s.raw.clone()),
+            None => env
+                .iter()
+                .find(|(k, v)| k == "ETCD_CONFIG_FILE" && !v.is_empty())
+                .map(|(_, v)| v.clone()),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::Invalid(format!("open {path}: {e}")))?;
+            let settings = Settings::from_config_file(&path, &text, &mut warnings)?;
+            warnings.push(format!(
+                "loaded server configuration from {path}; other configuration command line \
+                 flags and environment variables are ignored"
+            ));
+            return Config::build(&settings, warnings);
+        }
         settings.apply_env(env, &mut warnings)?;
         Config::build(&settings, warnings)
     }
@@ -1149,6 +1165,8 @@ impl Config {
 enum Origin {
     Flag,
     Env(String),
+    /// A key of the `--config-file` YAML file (the file's path).
+    File(String),
 }
 
 #[derive(Clone, Debug)]
@@ -1253,6 +1271,111 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// The settings of an etcd YAML configuration file: each top-level key
+    /// is the flag of the same name, and `client-transport-security` /
+    /// `peer-transport-security` hold the TLS flags. Values are YAML's
+    /// types as etcd reads them: durations as integer nanoseconds (Go's
+    /// JSON encoding; a Go duration string is taken too), lists as YAML
+    /// sequences or comma-separated strings. Unknown keys are ignored with a
+    /// warning, as etcd ignores them.
+    fn from_config_file(
+        path: &str,
+        text: &str,
+        warnings: &mut Vec<String>,
+    ) -> Result<Settings, ConfigError> {
+        use yaml_rust2::{Yaml, YamlLoader};
+        let bad = |why: String| ConfigError::Invalid(format!("config file {path}: {why}"));
+        let docs = YamlLoader::load_from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut settings = Settings::default();
+        let root = match docs.into_iter().next() {
+            None | Some(Yaml::Null) => return Ok(settings),
+            Some(Yaml::Hash(h)) => h,
+            Some(_) => return Err(bad("the top level is not a mapping".into())),
+        };
+        let mut entries: Vec<(String, Yaml)> = Vec::new();
+        for (k, v) in root {
+            let Some(key) = k.as_str().map(str::to_string) else {
+                return Err(bad(format!("key {k:?} is not a string")));
+            };
+            let prefix = match key.as_str() {
+                "client-transport-security" => Some(""),
+                "peer-transport-security" => Some("peer-"),
+                _ => None,
+            };
+            match (prefix, v) {
+                (Some(prefix), Yaml::Hash(inner)) => {
+                    for (ik, iv) in inner {
+                        let Some(ik) = ik.as_str() else {
+                            return Err(bad(format!("{key}: key {ik:?} is not a string")));
+                        };
+                        entries.push((security_flag(prefix, ik), iv));
+                    }
+                }
+                (Some(_), Yaml::Null) => {}
+                (Some(_), _) => return Err(bad(format!("invalid {key}"))),
+                (None, v) => entries.push((key, v)),
+            }
+        }
+        for (key, value) in entries {
+            if key == "config-file" {
+                continue;
+            }
+            let Some(spec) = find_flag(&key) else {
+                warnings.push(format!(
+                    "unknown field {key:?} in config file {path}; ignoring it"
+                ));
+                continue;
+            };
+            let raw = match (&value, spec.kind) {
+                (Yaml::Null, _) => continue,
+                (Yaml::Integer(ns), Kind::Duration) => format!("{ns}ns"),
+                (Yaml::Array(items), _) => {
+                    let mut parts = Vec::new();
+                    for item in items {
+                        parts.push(yaml_scalar(item).ok_or_else(|| {
+                            bad(format!("{key}: list items must be plain values"))
+                        })?);
+                    }
+                    parts.join(",")
+                }
+                (v, _) => {
+                    yaml_scalar(v).ok_or_else(|| bad(format!("{key}: expected a plain value")))?
+                }
+            };
+            settings.values.insert(
+                spec.name,
+                Setting {
+                    raw,
+                    origin: Origin::File(path.to_string()),
+                },
+            );
+        }
+        Ok(settings)
+    }
+}
+
+/// The flag a key of a `*-transport-security` section stands for.
+fn security_flag(prefix: &str, key: &str) -> String {
+    match (prefix, key) {
+        ("peer-", "allowed-cn") => "peer-cert-allowed-cn".into(),
+        ("peer-", "allowed-hostname") => "peer-cert-allowed-hostname".into(),
+        ("", "allowed-cn") => "client-cert-allowed-cn".into(),
+        ("", "allowed-hostname") => "client-cert-allowed-hostname".into(),
+        _ => format!("{prefix}{key}"),
+    }
+}
+
+fn yaml_scalar(v: &yaml_rust2::Yaml) -> Option<String> {
+    use yaml_rust2::Yaml;
+    match v {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 fn spec(name: &str) -> &'static FlagSpec {
     find_flag(name).unwrap_or_else(|| panic!("--{name} is not in FLAGS"))
 }
@@ -1273,6 +1396,10 @@ fn invalid_value(spec: &FlagSpec, setting: &Setting, reason: String) -> ConfigEr
             value: setting.raw.clone(),
             reason,
         },
+        Origin::File(path) => ConfigError::Invalid(format!(
+            "invalid value {:?} for {:?} in config file {path}: {reason}",
+            setting.raw, spec.name
+        )),
     }
 }
 
@@ -1401,6 +1528,7 @@ fn check_unimplemented(
     let given = match &setting.origin {
         Origin::Flag => format!("--{}", spec.name),
         Origin::Env(key) => format!("{key} (--{})", spec.name),
+        Origin::File(path) => format!("{:?} in config file {path}", spec.name),
     };
     match spec.support {
         Support::Implemented => Ok(()),
@@ -2487,10 +2615,6 @@ mod tests {
                 "--discovery=https://discovery.etcd.io/x",
                 "use --initial-cluster",
             ),
-            (
-                "--config-file=/etc/etcd.yaml",
-                "ignore the configuration in that file",
-            ),
             ("--enable-v2", "v3 API only"),
             ("--auth-token=jwt,pub-key=a", "authentication"),
             (
@@ -2542,6 +2666,84 @@ mod tests {
             err.to_string(),
             r#"invalid boolean value "maybe" for -pre-vote: parse error"#
         );
+    }
+
+    /// etcd's YAML configuration file: keys are flags, TLS sections, YAML
+    /// types; flags and ETCD_* variables beside it are ignored.
+    #[test]
+    fn config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.yaml");
+        std::fs::write(
+            &path,
+            r#"
+name: 'cp1'
+data-dir: /var/lib/etcd
+listen-client-urls: http://127.0.0.1:2379,http://10.0.0.5:2379
+advertise-client-urls: http://10.0.0.5:2379
+initial-cluster: cp1=http://10.0.0.5:2380
+initial-advertise-peer-urls: http://10.0.0.5:2380
+listen-peer-urls: http://10.0.0.5:2380
+snapshot-count: 5000
+heartbeat-interval: 200
+election-timeout: 2000
+strict-reconfig-check: false
+quota-backend-bytes: 8589934592
+watch-progress-notify-interval: 5000000000
+log-outputs: [stdout, stderr]
+auto-compaction-mode: revision
+auto-compaction-retention: "1000"
+feature-gates: InitialCorruptCheck=true
+enable-v2: false
+cors:
+some-future-field: 1
+"#,
+        )
+        .unwrap();
+        let arg = format!("--config-file={}", path.display());
+        let c = Config::from_args_and_env(
+            ["cairn", &arg, "--name=ignored"],
+            [("ETCD_SNAPSHOT_COUNT", "7")],
+        )
+        .unwrap();
+        assert_eq!(c.name, "cp1");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/etcd"));
+        assert_eq!(
+            urls(&c.listen_client_urls),
+            ["http://10.0.0.5:2379", "http://127.0.0.1:2379"]
+        );
+        assert_eq!(c.snapshot_count, 5000);
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.election_timeout, Duration::from_secs(2));
+        assert!(!c.strict_reconfig_check);
+        assert_eq!(c.quota_backend_bytes, 8 << 30);
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5));
+        assert_eq!(c.log_outputs, ["stderr", "stdout"]);
+        assert_eq!(c.auto_compaction, AutoCompaction::Revision(1000));
+        assert!(c.initial_corrupt_check);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("some-future-field")),
+            "{:?}",
+            c.warnings
+        );
+        // Also named by ETCD_CONFIG_FILE.
+        let p = path.display().to_string();
+        let c = Config::from_args_and_env(["cairn"], [("ETCD_CONFIG_FILE", p.as_str())]).unwrap();
+        assert_eq!(c.name, "cp1");
+
+        // Bad values name the key and the file; refusals still apply.
+        std::fs::write(&path, "snapshot-count: lots\n").unwrap();
+        let err = parse(&[&arg]).unwrap_err().to_string();
+        assert!(err.contains("\"snapshot-count\" in config file"), "{err}");
+        std::fs::write(&path, "wal-dir: /wal\n").unwrap();
+        assert!(matches!(
+            parse(&[&arg]).unwrap_err(),
+            ConfigError::Unsupported(_)
+        ));
+        std::fs::write(&path, "- a\n- b\n").unwrap();
+        assert!(parse(&[&arg]).is_err());
+        let err = parse(&["--config-file=/nonexistent/etcd.yaml"]).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/etcd.yaml"), "{err}");
     }
 
     #[test]
