@@ -11,4 +11,5 @@ pub use member::{Member, MemberSettings};
 pub mod authority_repair;
 pub mod boot;
 pub mod identity;
+pub mod listeners;
 pub mod peer;
