@@ -497,3 +497,70 @@ fn peer_port_checks_the_allowed_cn() {
         &["endpoint", "health"],
     ));
 }
+
+/// `--auto-tls --peer-auto-tls`: each member makes a self-signed
+/// certificate under `<data-dir>/fixtures/{client,peer}` and the members
+/// form a cluster over TLS with them (peers' self-signed certificates are
+/// not verified, as etcd does not verify them).
+#[test]
+fn auto_tls_cluster() {
+    let kind = target();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}=https://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members: Vec<TlsMember> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (c, p))| {
+            let mut m = TlsMember::unstarted_with(
+                kind,
+                &format!("m{i}"),
+                *c,
+                *p,
+                &initial,
+                &["--auto-tls", "--peer-auto-tls"],
+            );
+            m.spawn();
+            m
+        })
+        .collect();
+    for m in &mut members {
+        m.wait_ready_trusting(None);
+    }
+    for m in &members {
+        for side in ["client", "peer"] {
+            let dir = m.data_dir().join("fixtures").join(side);
+            assert!(dir.join("cert.pem").is_file(), "{}", dir.display());
+            assert!(dir.join("key.pem").is_file(), "{}", dir.display());
+        }
+    }
+    // etcdctl 3.4 only uses TLS without a CA file when told
+    // --insecure-transport=false.
+    let insecure = [
+        "--insecure-skip-tls-verify",
+        "--insecure-transport=false",
+        "--dial-timeout=3s",
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        insecure.iter().chain(args).map(|s| s.to_string()).collect()
+    };
+    let args = with(&["put", "auto", "tls"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(common::etcdctl(&members[0].endpoint(), &args, None));
+    let args = with(&["get", "auto", "--print-value-only"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let got = eventually("read on another member", Duration::from_secs(10), || {
+        let out = common::etcdctl(&members[2].endpoint(), &args, None);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && text == "tls" {
+            Ok(text)
+        } else {
+            Err(describe(&out))
+        }
+    });
+    assert_eq!(got, "tls");
+}

@@ -338,6 +338,22 @@ impl TlsMember {
         pki: &Pki,
         extra: &[&str],
     ) -> TlsMember {
+        let mut flags = kubeadm_tls_flags(pki);
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        TlsMember::unstarted_with(kind, name, client_port, peer_port, initial_cluster, &flags)
+    }
+
+    /// A member not started yet on https client and peer URLs, with only
+    /// `flags` for TLS (e.g. `--auto-tls --peer-auto-tls`).
+    pub fn unstarted_with(
+        kind: Kind,
+        name: &str,
+        client_port: u16,
+        peer_port: u16,
+        initial_cluster: &str,
+        flags: &[&str],
+    ) -> TlsMember {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{}-tls-", kind.name()))
             .tempdir()
@@ -355,12 +371,11 @@ impl TlsMember {
             "--initial-cluster-token=cairn-tls-test".to_string(),
             "--snapshot-count=10000".to_string(),
         ];
-        args.extend(kubeadm_tls_flags(pki));
         if kind == Kind::Etcd {
             args.push("--logger=zap".into());
             args.push("--log-outputs=stderr".into());
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(flags.iter().map(|s| s.to_string()));
         TlsMember {
             kind,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -391,6 +406,10 @@ impl TlsMember {
 
     pub fn peer_addr(&self) -> String {
         format!("127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -452,6 +471,12 @@ impl TlsMember {
     /// Polls `Maintenance.Status` over TLS (with the healthcheck client
     /// certificate) until it reports a leader.
     pub fn wait_ready(&mut self, pki: &Pki) {
+        self.wait_ready_trusting(Some(pki))
+    }
+
+    /// Like `wait_ready`; with `None`, any server certificate is accepted
+    /// and none is presented (members with auto-tls certificates).
+    pub fn wait_ready_trusting(&mut self, pki: Option<&Pki>) {
         let start = Instant::now();
         let mut last;
         loop {
@@ -500,8 +525,11 @@ impl Drop for TlsMember {
 
 /// `Maintenance.Status` over TLS with the healthcheck client certificate;
 /// Ok(leader id). Runs on a throwaway runtime in its own thread.
-fn status_leader(endpoint: &str, pki: &Pki) -> Result<u64, String> {
+fn status_leader(endpoint: &str, pki: Option<&Pki>) -> Result<u64, String> {
     use cairn::tls::{PeerDialer, TlsProtocol, TlsSide};
+    let Some(pki) = pki else {
+        return status_leader_insecure(endpoint);
+    };
     let client = pki.pair("healthcheck-client");
     let side = TlsSide {
         cert_file: Some(client.cert),
@@ -532,6 +560,34 @@ fn status_leader(endpoint: &str, pki: &Pki) -> Result<u64, String> {
     })
     .join()
     .unwrap_or_else(|_| Err("probe thread panicked".into()))
+}
+
+/// The leader etcdctl's `endpoint status` reports, without verifying the
+/// server's certificate: for auto-tls members, whose certificates may also
+/// use curves rustls does not (etcd's P-521).
+fn status_leader_insecure(endpoint: &str) -> Result<u64, String> {
+    let out = super::etcdctl(
+        endpoint,
+        &[
+            "--insecure-skip-tls-verify",
+            "--insecure-transport=false",
+            "--dial-timeout=1s",
+            "--command-timeout=2s",
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ],
+        None,
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("endpoint status: {e}"))?;
+    v[0]["Status"]["leader"]
+        .as_u64()
+        .ok_or_else(|| format!("no leader in {v}"))
 }
 
 // ---------------------------------------------------------------------------
