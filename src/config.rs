@@ -33,6 +33,7 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ColorChoice, Command};
 use url::Url;
 
+use crate::tls::{TlsProtocol, TlsSide};
 use crate::version::{CAIRN_VERSION, ETCD_API_VERSION, GIT_SHA};
 
 const DEFAULT_NAME: &str = "default";
@@ -100,11 +101,10 @@ enum Support {
     Retired,
 }
 
-/// Why a refused flag is refused, grouped so that whole features (TLS) move
-/// to "implemented" together.
+/// Why a refused flag is refused, grouped so that whole features (auth)
+/// move to "implemented" together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Refusal {
-    Tls,
     Auth,
     AccessControl,
     Discovery,
@@ -119,7 +119,6 @@ impl Refusal {
     /// (what is missing, what starting anyway would do).
     fn explain(self) -> (&'static str, &'static str) {
         match self {
-            Refusal::Tls => ("TLS comes with a later release", "serve without it"),
             Refusal::Auth => (
                 "authentication comes with a later release",
                 "run with other security settings than asked",
@@ -254,6 +253,32 @@ static FLAGS: &[FlagSpec] = &[
     flag("log-level", Kind::Str, "info", "Log level: debug, info, warn, error, dpanic, panic or fatal."),
     flag("log-outputs", Kind::Strings, "default", "Log outputs: 'default', 'stderr', 'stdout' or file paths."),
     flag("log-format", Kind::Str, "", "Log format: 'json' or 'console' [default: json, console on a terminal]."),
+    // --- security -------------------------------------------------------------
+    flag("cert-file", Kind::Str, "", "Path to the client server TLS cert file."),
+    flag("key-file", Kind::Str, "", "Path to the client server TLS key file."),
+    flag("client-cert-auth", Kind::Bool, "false", "Enable client cert authentication."),
+    flag("client-crl-file", Kind::Str, "", "Path to the client certificate revocation list file."),
+    flag("client-cert-allowed-hostname", Kind::Strings, "", "Comma-separated allowed TLS hostnames for client cert authentication."),
+    flag("trusted-ca-file", Kind::Str, "", "Path to the client server TLS trusted CA cert file."),
+    flag("auto-tls", Kind::Bool, "false", "Client TLS using generated certificates."),
+    flag("client-cert-file", Kind::Str, "", "Path to an explicit client TLS cert file (checked at startup; cairn never dials client URLs)."),
+    flag("client-key-file", Kind::Str, "", "Path to an explicit client TLS key file (checked at startup; cairn never dials client URLs)."),
+    flag("peer-cert-file", Kind::Str, "", "Path to the peer server TLS cert file."),
+    flag("peer-key-file", Kind::Str, "", "Path to the peer server TLS key file."),
+    flag("peer-client-cert-auth", Kind::Bool, "false", "Enable peer client cert authentication."),
+    flag("peer-trusted-ca-file", Kind::Str, "", "Path to the peer server TLS trusted CA file."),
+    flag("peer-auto-tls", Kind::Bool, "false", "Peer TLS using generated certificates."),
+    flag("peer-client-cert-file", Kind::Str, "", "Path to an explicit peer client TLS cert file, presented when dialling peers."),
+    flag("peer-client-key-file", Kind::Str, "", "Path to an explicit peer client TLS key file."),
+    flag("peer-crl-file", Kind::Str, "", "Path to the peer certificate revocation list file."),
+    flag("peer-cert-allowed-cn", Kind::Strings, "", "Comma-separated allowed CNs for inter-peer TLS authentication."),
+    flag("peer-cert-allowed-hostname", Kind::Strings, "", "Comma-separated allowed TLS hostnames for inter-peer TLS authentication."),
+    flag("peer-skip-client-san-verification", Kind::Bool, "false", "Skip verification of SAN field in client certificate for peer connections."),
+    flag("experimental-peer-skip-client-san-verification", Kind::Bool, "false", "Old name of --peer-skip-client-san-verification."),
+    flag("cipher-suites", Kind::Strings, "", "Comma-separated list of supported TLS cipher suites between client/server and peers (Go's names)."),
+    flag("tls-min-version", Kind::Str, "TLS1.2", "Minimum TLS version: TLS1.2 or TLS1.3."),
+    flag("tls-max-version", Kind::Str, "", "Maximum TLS version: TLS1.2 or TLS1.3 (empty: the newest)."),
+    flag("self-signed-cert-validity", Kind::Uint, "1", "Validity period, in years, of the certificates --auto-tls and --peer-auto-tls generate."),
     // --- watch, compaction, misc. -------------------------------------------
     flag("watch-progress-notify-interval", Kind::Duration, "10m", "Duration of periodic watch progress notifications."),
     flag("experimental-watch-progress-notify-interval", Kind::Duration, "10m", "Old name of --watch-progress-notify-interval."),
@@ -325,7 +350,6 @@ static FLAGS: &[FlagSpec] = &[
     ignored("distributed-tracing-instance-id", Kind::Str, "", TRACING),
     ignored("experimental-distributed-tracing-sampling-rate", Kind::Int, "0", TRACING),
     ignored("distributed-tracing-sampling-rate", Kind::Int, "0", TRACING),
-    ignored("self-signed-cert-validity", Kind::Uint, "1", "it only matters with --auto-tls, which cairn refuses"),
     ignored("discovery-fallback", Kind::Str, "proxy", WITH_DISCOVERY),
     ignored("discovery-proxy", Kind::Str, "", WITH_DISCOVERY),
     ignored("discovery-dial-timeout", Kind::Duration, "2s", WITH_DISCOVERY),
@@ -345,30 +369,6 @@ static FLAGS: &[FlagSpec] = &[
     ignored("proxy-write-timeout", Kind::Uint, "5000", WITH_PROXY),
     ignored("proxy-read-timeout", Kind::Uint, "0", WITH_PROXY),
     // --- refused unless left at etcd's default --------------------------------
-    refused("cert-file", Kind::Str, "", Refusal::Tls),
-    refused("key-file", Kind::Str, "", Refusal::Tls),
-    refused("client-cert-file", Kind::Str, "", Refusal::Tls),
-    refused("client-key-file", Kind::Str, "", Refusal::Tls),
-    refused("client-cert-auth", Kind::Bool, "false", Refusal::Tls),
-    refused("client-crl-file", Kind::Str, "", Refusal::Tls),
-    refused("client-cert-allowed-hostname", Kind::Strings, "", Refusal::Tls),
-    refused("trusted-ca-file", Kind::Str, "", Refusal::Tls),
-    refused("auto-tls", Kind::Bool, "false", Refusal::Tls),
-    refused("peer-cert-file", Kind::Str, "", Refusal::Tls),
-    refused("peer-key-file", Kind::Str, "", Refusal::Tls),
-    refused("peer-client-cert-file", Kind::Str, "", Refusal::Tls),
-    refused("peer-client-key-file", Kind::Str, "", Refusal::Tls),
-    refused("peer-client-cert-auth", Kind::Bool, "false", Refusal::Tls),
-    refused("peer-trusted-ca-file", Kind::Str, "", Refusal::Tls),
-    refused("peer-auto-tls", Kind::Bool, "false", Refusal::Tls),
-    refused("peer-crl-file", Kind::Str, "", Refusal::Tls),
-    refused("peer-cert-allowed-cn", Kind::Strings, "", Refusal::Tls),
-    refused("peer-cert-allowed-hostname", Kind::Strings, "", Refusal::Tls),
-    refused("experimental-peer-skip-client-san-verification", Kind::Bool, "false", Refusal::Tls),
-    refused("peer-skip-client-san-verification", Kind::Bool, "false", Refusal::Tls),
-    refused("cipher-suites", Kind::Strings, "", Refusal::Tls),
-    refused("tls-min-version", Kind::Str, "TLS1.2", Refusal::Tls),
-    refused("tls-max-version", Kind::Str, "", Refusal::Tls),
     refused("auth-token", Kind::Str, "simple", Refusal::Auth),
     refused("auth-token-ttl", Kind::Uint, "300", Refusal::Auth),
     refused("bcrypt-cost", Kind::Uint, "10", Refusal::Auth),
@@ -766,6 +766,15 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// Between the leader's hash comparisons; zero: never.
     pub corrupt_check_time: Duration,
+    /// `--cert-file`, `--trusted-ca-file`, ...: TLS on the client URLs.
+    pub client_tls: TlsSide,
+    /// `--peer-cert-file`, `--peer-trusted-ca-file`, ...: TLS on the peer
+    /// URLs, accepting and dialling.
+    pub peer_tls: TlsSide,
+    /// `--cipher-suites`, `--tls-min-version`, `--tls-max-version`.
+    pub tls_protocol: TlsProtocol,
+    /// `--self-signed-cert-validity`, in years.
+    pub self_signed_cert_validity: u64,
     /// Things to log once logging is up: ignored flags, unknown `ETCD_*`
     /// variables.
     pub warnings: Vec<String>,
@@ -1124,6 +1133,12 @@ impl Config {
         } else {
             settings.get("corrupt-check-time", parse_duration_flag)?
         };
+        let tls = TlsFlags::read(
+            settings,
+            &listen_client_urls,
+            &listen_peer_urls,
+            &mut warnings,
+        )?;
 
         Ok(Config {
             name,
@@ -1151,7 +1166,116 @@ impl Config {
             auto_compaction,
             initial_corrupt_check,
             corrupt_check_time,
+            client_tls: tls.client,
+            peer_tls: tls.peer,
+            tls_protocol: tls.protocol,
+            self_signed_cert_validity: settings.get("self-signed-cert-validity", parse_uint)?,
             warnings,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// TLS flags
+// ---------------------------------------------------------------------------
+
+/// The TLS flags of both sides, read and checked as etcd checks them before
+/// it opens any file (the files are read when the member starts).
+struct TlsFlags {
+    client: TlsSide,
+    peer: TlsSide,
+    protocol: TlsProtocol,
+}
+
+impl TlsFlags {
+    fn read(
+        settings: &Settings,
+        listen_client_urls: &[EtcdUrl],
+        listen_peer_urls: &[EtcdUrl],
+        warnings: &mut Vec<String>,
+    ) -> Result<TlsFlags, ConfigError> {
+        let (protocol, protocol_warnings) = TlsProtocol::parse(
+            settings.get("cipher-suites", parse_strings)?,
+            &settings.get("tls-min-version", parse_text)?,
+            &settings.get("tls-max-version", parse_text)?,
+        )
+        .map_err(ConfigError::Invalid)?;
+        warnings.extend(protocol_warnings);
+        let client = TlsSide {
+            cert_file: settings.get("cert-file", parse_path)?,
+            key_file: settings.get("key-file", parse_path)?,
+            client_cert_file: settings.get("client-cert-file", parse_path)?,
+            client_key_file: settings.get("client-key-file", parse_path)?,
+            trusted_ca_file: settings.get("trusted-ca-file", parse_path)?,
+            client_cert_auth: settings.get("client-cert-auth", parse_go_bool)?,
+            crl_file: settings.get("client-crl-file", parse_path)?,
+            auto_tls: settings.get("auto-tls", parse_go_bool)?,
+            allowed_cns: Vec::new(),
+            allowed_hostnames: settings.get("client-cert-allowed-hostname", parse_strings)?,
+            // etcd checks SANs against the address on the peer port only.
+            skip_client_san_verify: true,
+        };
+        let peer = TlsSide {
+            cert_file: settings.get("peer-cert-file", parse_path)?,
+            key_file: settings.get("peer-key-file", parse_path)?,
+            client_cert_file: settings.get("peer-client-cert-file", parse_path)?,
+            client_key_file: settings.get("peer-client-key-file", parse_path)?,
+            trusted_ca_file: settings.get("peer-trusted-ca-file", parse_path)?,
+            client_cert_auth: settings.get("peer-client-cert-auth", parse_go_bool)?,
+            crl_file: settings.get("peer-crl-file", parse_path)?,
+            auto_tls: settings.get("peer-auto-tls", parse_go_bool)?,
+            allowed_cns: settings.get("peer-cert-allowed-cn", parse_strings)?,
+            allowed_hostnames: settings.get("peer-cert-allowed-hostname", parse_strings)?,
+            skip_client_san_verify: settings
+                .get("peer-skip-client-san-verification", parse_go_bool)?
+                || settings.get(
+                    "experimental-peer-skip-client-san-verification",
+                    parse_go_bool,
+                )?,
+        };
+        for side in [&client, &peer] {
+            side.check().map_err(ConfigError::Invalid)?;
+        }
+        for url in listen_client_urls {
+            match url.scheme() {
+                "https" if !client.has_cert() && !client.auto_tls => {
+                    return Err(ConfigError::Invalid(format!(
+                        "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+                         {url} with HTTPS scheme"
+                    )))
+                }
+                "http" if client.has_cert() => warnings.push(format!(
+                    "scheme is http or unix while key and cert files are present; ignoring key \
+                     and cert files (client-url {url})"
+                )),
+                _ => {}
+            }
+        }
+        for url in listen_peer_urls {
+            match url.scheme() {
+                "https" if !peer.has_cert() && !peer.auto_tls => {
+                    return Err(ConfigError::Invalid(format!(
+                        "cannot listen on TLS for {}: KeyFile and CertFile are not presented",
+                        url.host_port()
+                    )))
+                }
+                "http" if peer.has_cert() => warnings.push(format!(
+                    "scheme is HTTP while key and cert files are present; ignoring key and cert \
+                     files (peer-url {url})"
+                )),
+                _ => {}
+            }
+        }
+        if client.auto_tls && client.has_cert() {
+            warnings.push("ignoring client auto TLS since certs given".into());
+        }
+        if peer.auto_tls && peer.has_cert() {
+            warnings.push("ignoring peer auto TLS since certs given".into());
+        }
+        Ok(TlsFlags {
+            client,
+            peer,
+            protocol,
         })
     }
 }
@@ -1687,6 +1811,11 @@ fn parse_urls(text: &str) -> Result<Vec<EtcdUrl>, String> {
 }
 
 /// A comma-separated list, sorted and de-duplicated as etcd keeps it.
+/// A file path; empty means not given, as in etcd.
+fn parse_path(text: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+}
+
 fn parse_strings(text: &str) -> Result<Vec<String>, String> {
     if text.is_empty() {
         return Ok(Vec::new());
@@ -1737,10 +1866,10 @@ fn initial_cluster_text(cluster: &[(String, Vec<EtcdUrl>)]) -> String {
 fn refuse_unsupported_schemes(flag: &str, urls: &[EtcdUrl]) -> Result<(), ConfigError> {
     for url in urls {
         let (what, why, instead) = match url.scheme() {
-            "https" => (
+            "https" if flag == "listen-metrics-urls" => (
                 "https URLs",
-                "TLS comes with a later release",
-                "serve without it",
+                "the metrics listener serves plain HTTP only",
+                "serve without TLS",
             ),
             "unix" | "unixs" => (
                 "unix socket URLs",
@@ -2119,8 +2248,9 @@ mod tests {
                 panic!("{flag}: {err:?}")
             };
             assert!(text.contains("--listen-client-urls"), "{text}");
+            assert!(text.contains("--cert-file"), "{text}");
             // Flags cairn does not implement are not advertised.
-            assert!(!text.contains("--cert-file"), "{text}");
+            assert!(!text.contains("--auth-token"), "{text}");
         }
         let err = parse(&["--version"]).unwrap_err();
         assert_eq!(err.exit_code(), 0);
@@ -2321,7 +2451,7 @@ mod tests {
     }
 
     #[test]
-    fn https_and_unix_urls_are_refused_for_now() {
+    fn https_urls_need_a_certificate_and_unix_urls_are_refused() {
         let err = parse(&[
             "--listen-client-urls=https://127.0.0.1:2379",
             "--advertise-client-urls=https://127.0.0.1:2379",
@@ -2329,21 +2459,75 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cairn: https URLs in --listen-client-urls are not supported yet (TLS comes with a \
-             later release); refusing to start rather than serve without it"
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url \
+             https://127.0.0.1:2379 with HTTPS scheme"
         );
         assert_eq!(err.exit_code(), 1);
         let err = parse(&[
+            "--listen-peer-urls=https://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=https://127.0.0.1:2380",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot listen on TLS for 127.0.0.1:2380: KeyFile and CertFile are not presented"
+        );
+        // Auto TLS stands in for the files.
+        parse(&[
+            "--listen-client-urls=https://127.0.0.1:2379",
+            "--advertise-client-urls=https://127.0.0.1:2379",
+            "--auto-tls",
+            "--listen-peer-urls=https://127.0.0.1:2380",
+            "--initial-advertise-peer-urls=https://127.0.0.1:2380",
+            "--initial-cluster=default=https://127.0.0.1:2380",
+            "--peer-auto-tls",
+        ])
+        .unwrap();
+        // Other members' https URLs need nothing of this member.
+        parse(&[
             "--name=a",
             "--initial-cluster=a=http://localhost:2380,b=https://b:2380",
         ])
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("https URLs in --initial-cluster"),
-            "{err}"
-        );
+        .unwrap();
+        let err = parse(&["--listen-metrics-urls=https://127.0.0.1:2381"]).unwrap_err();
+        assert!(matches!(err, ConfigError::Unsupported(_)), "{err}");
         let err = parse(&["--listen-metrics-urls=unix://localhost:1"]).unwrap_err();
         assert!(matches!(err, ConfigError::Unsupported(_)), "{err}");
+    }
+
+    #[test]
+    fn tls_flag_checks_read_like_etcd() {
+        let err = parse(&["--tls-min-version=TLS1.1"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"unexpected TLS version "TLS1.1" (must be one of: TLS1.2, TLS1.3)"#
+        );
+        let err = parse(&["--cipher-suites=FOO"]).unwrap_err();
+        assert_eq!(err.to_string(), r#"unexpected TLS cipher suite "FOO""#);
+        let err = parse(&[
+            "--peer-cert-allowed-cn=etcd",
+            "--peer-cert-allowed-hostname=etcd.example",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("mutually exclusive"), "{err}");
+        let config = parse(&[
+            "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_AES_128_CBC_SHA",
+            "--experimental-peer-skip-client-san-verification",
+            "--peer-cert-allowed-cn=b,a",
+            "--self-signed-cert-validity=3",
+        ])
+        .unwrap();
+        assert!(config.peer_tls.skip_client_san_verify);
+        assert_eq!(config.peer_tls.allowed_cns, ["a", "b"]);
+        assert_eq!(config.self_signed_cert_validity, 3);
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        // Files given on plaintext URLs are ignored, with etcd's warning.
+        let config = parse(&["--cert-file=/c", "--key-file=/k"]).unwrap();
+        assert!(
+            config.warnings[0].contains("ignoring key and cert files"),
+            "{:?}",
+            config.warnings
+        );
     }
 
     #[test]
@@ -2578,17 +2762,16 @@ mod tests {
 
     #[test]
     fn refused_flags_only_refuse_a_non_default_value() {
-        let err = parse(&["--cert-file=/etc/etcd/server.crt"]).unwrap_err();
+        let err = parse(&["--auth-token=jwt"]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cairn: flag --cert-file is not supported yet (TLS comes with a later release); \
-             refusing to start rather than serve without it"
+            "cairn: flag --auth-token is not supported yet (authentication comes with a later \
+             release); refusing to start rather than run with other security settings than asked"
         );
         assert_eq!(err.exit_code(), 1);
-        let err = parse_env(&[], &[("ETCD_CLIENT_CERT_AUTH", "true")]).unwrap_err();
+        let err = parse_env(&[], &[("ETCD_BCRYPT_COST", "12")]).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("ETCD_CLIENT_CERT_AUTH (--client-cert-auth)"),
+            err.to_string().contains("ETCD_BCRYPT_COST (--bcrypt-cost)"),
             "{err}"
         );
         for harmless in [
@@ -2806,17 +2989,17 @@ some-future-field: 1
     /// kubeadm's static pod command line (kubeadm 1.33, etcd 3.6 flags).
     fn kubeadm_args() -> Vec<&'static str> {
         vec![
-            "--advertise-client-urls=http://10.0.0.5:2379",
+            "--advertise-client-urls=https://10.0.0.5:2379",
             "--cert-file=/etc/kubernetes/pki/etcd/server.crt",
             "--client-cert-auth=true",
             "--data-dir=/var/lib/etcd",
             "--feature-gates=InitialCorruptCheck=true",
-            "--initial-advertise-peer-urls=http://10.0.0.5:2380",
-            "--initial-cluster=cp1=http://10.0.0.5:2380",
+            "--initial-advertise-peer-urls=https://10.0.0.5:2380",
+            "--initial-cluster=cp1=https://10.0.0.5:2380",
             "--key-file=/etc/kubernetes/pki/etcd/server.key",
-            "--listen-client-urls=http://127.0.0.1:2379,http://10.0.0.5:2379",
+            "--listen-client-urls=https://127.0.0.1:2379,https://10.0.0.5:2379",
             "--listen-metrics-urls=http://127.0.0.1:2381",
-            "--listen-peer-urls=http://10.0.0.5:2380",
+            "--listen-peer-urls=https://10.0.0.5:2380",
             "--name=cp1",
             "--peer-cert-file=/etc/kubernetes/pki/etcd/peer.crt",
             "--peer-client-cert-auth=true",
@@ -2830,33 +3013,32 @@ some-future-field: 1
 
     #[test]
     fn kubeadm_command_line() {
-        // With its TLS flags, refused until TLS lands.
-        let err = parse(&kubeadm_args()).unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("cairn: flag --cert-file is not supported yet"),
-            "{err}"
-        );
-
-        let without_tls: Vec<&str> = kubeadm_args()
-            .into_iter()
-            .filter(|arg| {
-                !arg.contains("cert") && !arg.contains("key-file") && !arg.contains("ca-file")
-            })
-            .collect();
-        let config = parse(&without_tls).unwrap();
+        let config = parse(&kubeadm_args()).unwrap();
         assert_eq!(config.name, "cp1");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/etcd"));
         assert_eq!(urls(&config.listen_metrics_urls), ["http://127.0.0.1:2381"]);
         assert_eq!(
             urls(&config.listen_client_urls),
-            ["http://10.0.0.5:2379", "http://127.0.0.1:2379"]
+            ["https://10.0.0.5:2379", "https://127.0.0.1:2379"]
         );
         assert_eq!(
             config.watch_progress_notify_interval,
             Duration::from_secs(5)
         );
         assert_eq!(config.snapshot_count, 10_000);
+        assert_eq!(
+            config.client_tls.cert_file.as_deref(),
+            Some(std::path::Path::new("/etc/kubernetes/pki/etcd/server.crt"))
+        );
+        assert!(config.client_tls.client_cert_auth);
+        assert!(config.client_tls.requires_client_cert());
+        assert_eq!(
+            config.peer_tls.trusted_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/kubernetes/pki/etcd/ca.crt"))
+        );
+        assert!(config.peer_tls.client_cert_auth);
+        assert!(!config.peer_tls.skip_client_san_verify);
+        assert_eq!(config.tls_protocol, TlsProtocol::default());
         assert!(config.initial_corrupt_check);
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
         config.verify_bootstrap().unwrap();

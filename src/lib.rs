@@ -20,5 +20,6 @@ pub mod mvcc;
 pub mod pb;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod version;
 pub mod watch;

@@ -3,6 +3,7 @@
 use cairn::config::{ClusterState, Config};
 use cairn::server::boot::{self, BootSettings};
 use cairn::server::identity::InitialMember;
+use cairn::server::listeners::Listeners;
 
 fn main() {
     // `cairn snapshot ...` is etcdctl's snapshot command, not a server.
@@ -31,19 +32,21 @@ fn main() {
             e.exit();
         }
     }
+    // TLS files are read (and auto-tls certificates made) before anything
+    // else starts: a missing or broken one is a startup error, as in etcd.
+    let listeners = match Listeners::from_config(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "listener failed");
+            std::process::exit(1);
+        }
+    };
     let settings = BootSettings {
         name: cfg.name.clone(),
         data_dir: cfg.data_dir.clone(),
-        listen_client: cfg
-            .listen_client_urls
-            .iter()
-            .map(|u| (u.host().to_string(), u.port()))
-            .collect(),
-        listen_peer: cfg
-            .listen_peer_urls
-            .iter()
-            .map(|u| (u.host().to_string(), u.port()))
-            .collect(),
+        listen_client: listeners.client,
+        listen_peer: listeners.peer,
+        peer_dialer: listeners.peer_dialer,
         listen_metrics: cfg
             .listen_metrics_urls
             .iter()

@@ -27,6 +27,7 @@ use crate::membership::Membership;
 use crate::pb::cairnpb::peer_client::PeerClient;
 use crate::pb::cairnpb::{RaftBatch, SnapshotChunk};
 use crate::storage::Storage;
+use crate::tls::PeerDialer;
 
 /// Messages queued for one peer at most.
 const PEER_QUEUE: usize = 4096;
@@ -69,6 +70,7 @@ pub struct Transport {
     storage: Storage,
     peers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     activity: Arc<PeerActivity>,
+    dialer: Arc<PeerDialer>,
     /// Where snapshot outcomes go (the raft thread's command channel).
     reports: Option<std::sync::mpsc::Sender<Command>>,
 }
@@ -80,6 +82,7 @@ impl Transport {
         from: u64,
         membership: Arc<Membership>,
         storage: Storage,
+        dialer: Arc<PeerDialer>,
     ) -> Transport {
         Transport {
             runtime: runtime.clone(),
@@ -89,6 +92,7 @@ impl Transport {
             storage,
             peers: HashMap::new(),
             activity: Arc::default(),
+            dialer,
             reports: None,
         }
     }
@@ -164,6 +168,7 @@ impl Transport {
             to,
             membership: self.membership.clone(),
             activity: self.activity.clone(),
+            dialer: self.dialer.clone(),
         };
         self.runtime.spawn(peer.run(rx));
         self.peers.insert(to, tx);
@@ -180,6 +185,7 @@ impl Transport {
             to,
             membership: self.membership.clone(),
             storage: self.storage.clone(),
+            dialer: self.dialer.clone(),
         };
         self.runtime.spawn(async move {
             let started = std::time::Instant::now();
@@ -206,7 +212,8 @@ fn peer_url(membership: &Membership, to: u64) -> Option<String> {
     membership.get(to)?.peer_urls.first().cloned()
 }
 
-async fn connect(url: &str) -> Result<PeerClient<tonic::transport::Channel>> {
+/// A client of a peer's `Peer` service at `url` (TLS for `https://`).
+async fn connect(dialer: &PeerDialer, url: &str) -> Result<PeerClient<tonic::transport::Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| Error::Internal(format!("bad peer URL {url}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
@@ -216,8 +223,8 @@ async fn connect(url: &str) -> Result<PeerClient<tonic::transport::Channel>> {
         .http2_keep_alive_interval(Duration::from_secs(1))
         .keep_alive_timeout(Duration::from_secs(3))
         .keep_alive_while_idle(true);
-    let ch = endpoint
-        .connect()
+    let ch = dialer
+        .connect(endpoint)
         .await
         .map_err(|e| Error::Internal(format!("connect to {url}: {e}")))?;
     Ok(PeerClient::new(ch)
@@ -232,6 +239,7 @@ struct PeerLink {
     to: u64,
     membership: Arc<Membership>,
     activity: Arc<PeerActivity>,
+    dialer: Arc<PeerDialer>,
 }
 
 impl PeerLink {
@@ -239,6 +247,7 @@ impl PeerLink {
         let mut backoff = Duration::from_millis(50);
         // The last reason the peer gave for refusing us, logged once.
         let mut refused: Option<String> = None;
+        let mut last_dial_error: Option<String> = None;
         loop {
             // Looked up on every connection: the member may have new URLs,
             // or be gone.
@@ -246,9 +255,17 @@ impl PeerLink {
                 self.activity.down(self.to);
                 return;
             };
-            let mut client = match connect(&url).await {
+            let mut client = match connect(&self.dialer, &url).await {
                 Ok(c) => c,
-                Err(_) => {
+                Err(e) => {
+                    // A peer that is down is expected; one that refuses
+                    // our certificate (or we its) needs an operator: say
+                    // each different reason once.
+                    let reason = e.to_string();
+                    if last_dial_error.as_deref() != Some(reason.as_str()) {
+                        tracing::warn!(peer = %url, to = format_args!("{:x}", self.to), error = %reason, "cannot reach peer");
+                        last_dial_error = Some(reason);
+                    }
                     self.activity.down(self.to);
                     // Drop what queued up while the peer was away.
                     while queue.try_recv().is_ok() {}
@@ -261,6 +278,7 @@ impl PeerLink {
                 }
             };
             let _probe = super::peer_probe::PeerProbe::start(client.clone(), self.to);
+            last_dial_error = None;
             let (tx, rx) = mpsc::channel::<RaftBatch>(64);
             let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(rx)).await });
             self.activity.up(self.to);
@@ -330,6 +348,7 @@ struct SnapshotSend {
     to: u64,
     membership: Arc<Membership>,
     storage: Storage,
+    dialer: Arc<PeerDialer>,
 }
 
 impl SnapshotSend {
@@ -338,7 +357,7 @@ impl SnapshotSend {
     async fn run(self, m: Message) -> Result<u64> {
         let url = peer_url(&self.membership, self.to)
             .ok_or_else(|| Error::Internal("member has no peer URL".into()))?;
-        let mut client = connect(&url).await?;
+        let mut client = connect(&self.dialer, &url).await?;
         let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
         let head = SnapshotChunk {
             cluster_id: self.cluster_id,

@@ -25,7 +25,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
-use tokio::net::TcpStream;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADERS: u8 = 0x1;
@@ -84,12 +83,14 @@ impl AsyncWrite for FilteredConn {
     }
 }
 
-/// Puts the filter between `tcp` and the server; returns the server's end.
-pub fn filter(tcp: TcpStream) -> FilteredConn {
-    let remote = tcp.peer_addr().ok();
-    let _ = tcp.set_nodelay(true);
+/// Puts the filter between a client connection (TCP, or TLS already
+/// decrypted) and the server; returns the server's end.
+pub fn filter<S>(conn: S, remote: Option<SocketAddr>) -> FilteredConn
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (server_end, our_end) = tokio::io::duplex(PIPE_BYTES);
-    let (tcp_rd, mut tcp_wr) = tcp.into_split();
+    let (tcp_rd, mut tcp_wr) = tokio::io::split(conn);
     let (pipe_rd, pipe_wr) = tokio::io::split(our_end);
     tokio::spawn(async move {
         let _ = client_to_server(tcp_rd, pipe_wr).await;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 use super::authority_repair;
 use super::corruption;
+use super::listeners::ListenOn;
 
 use super::identity::{find_self, Identity, InitialMember};
 use super::peer::{PeerContext, PeerService};
@@ -37,16 +37,20 @@ use crate::pb::etcdserverpb::{
     LeaseCheckpointRequest, LeaseRevokeRequest,
 };
 use crate::storage::Storage;
+use crate::tls::incoming::incoming;
+use crate::tls::PeerDialer;
 use crate::watch::WatchHub;
 
 /// What a member needs to start; built from the command line by `main`.
 pub struct BootSettings {
     pub name: String,
     pub data_dir: PathBuf,
-    /// host:port pairs to listen on for clients (plain HTTP/2).
-    pub listen_client: Vec<(String, u16)>,
-    /// host:port pairs to listen on for peers (when there are any).
-    pub listen_peer: Vec<(String, u16)>,
+    /// Addresses to listen on for clients, each plaintext, TLS or both.
+    pub listen_client: Vec<ListenOn>,
+    /// Addresses to listen on for peers, each plaintext or TLS.
+    pub listen_peer: Vec<ListenOn>,
+    /// How this member reaches peer URLs (TLS for `https://` ones).
+    pub peer_dialer: Arc<PeerDialer>,
     /// host:port pairs serving the HTTP endpoints (`--listen-metrics-urls`).
     pub listen_metrics: Vec<(String, u16)>,
     pub advertise_client_urls: Vec<String>,
@@ -82,7 +86,8 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     // Before anything reads the store: an install a crash interrupted.
     crate::consensus::snapshot::resume(&storage)?;
     let identity = if s.join_existing && !Identity::exists(&storage)? {
-        let (cluster_id, members) = fetch_cluster(&s.initial_cluster, &s.name).await?;
+        let (cluster_id, members) =
+            fetch_cluster(&s.initial_cluster, &s.name, &s.peer_dialer).await?;
         let me = find_self(&members, &s.initial_cluster, &s.name).map_err(anyhow::Error::msg)?;
         Identity::create_joined(&storage, me, cluster_id, members)?
     } else {
@@ -126,6 +131,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     // anything (a new one has nothing to compare yet).
     if s.initial_corrupt_check && !identity.new {
         corruption::initial_check(
+            &s.peer_dialer,
             &store,
             &membership.list(),
             identity.member_id,
@@ -141,6 +147,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         identity.member_id,
         membership.clone(),
         storage.clone(),
+        s.peer_dialer.clone(),
     );
     let peer_activity = transport.activity();
     let (raft, raft_thread) = node::start(
@@ -165,10 +172,11 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     let (member_tx, member_rx) = tokio::sync::watch::channel(None);
     let mut peer_servers = Vec::new();
     // Always, as etcd: even a single member may be joined by others.
-    for (host, port) in &s.listen_peer {
-        let l = TcpListener::bind((host.as_str(), *port))
+    for listen in &s.listen_peer {
+        let address = listen.address();
+        let l = TcpListener::bind((listen.host.as_str(), listen.port))
             .await
-            .map_err(|e| anyhow::anyhow!("listen for peers on {host}:{port}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("listen for peers on {address}: {e}"))?;
         let service = PeerServer::new(PeerService::new(PeerContext {
             raft: raft.clone(),
             cluster_id: identity.cluster_id,
@@ -184,19 +192,18 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         let server = tonic::transport::Server::builder()
             .add_service(service)
             .serve_with_incoming_shutdown(
-                // Raft messages and snapshot chunks are small writes that
-                // must not wait for Nagle (tonic's own setting does not
-                // reach connections we accept ourselves).
-                TcpListenerStream::new(l).map(|c| {
-                    c.inspect(|t| {
-                        let _ = t.set_nodelay(true);
-                    })
-                }),
+                // Connections come with Nagle off: raft messages and
+                // snapshot chunks are small writes that must not wait.
+                incoming(l, listen.mode.clone(), "peer"),
                 async move {
                     let _ = stop.wait_for(|s| *s).await;
                 },
             );
-        tracing::info!(address = %format!("{host}:{port}"), "listening for peers");
+        tracing::info!(
+            address = %address,
+            tls = !matches!(listen.mode, crate::tls::ListenMode::Plain),
+            "listening for peers"
+        );
         peer_servers.push(tokio::spawn(server));
     }
     raft.wait_ready().await;
@@ -213,6 +220,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             alarms,
             quota_backend_bytes: s.quota_backend_bytes,
             election_timeout: s.election_timeout,
+            peer_dialer: s.peer_dialer.clone(),
         },
         raft,
         store,
@@ -227,15 +235,15 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     publish_attributes(&member, &s.name, &s.advertise_client_urls).await;
 
     let mut listeners = Vec::new();
-    for (host, port) in &s.listen_client {
-        let l = TcpListener::bind((host.as_str(), *port))
+    for listen in &s.listen_client {
+        let l = TcpListener::bind((listen.host.as_str(), listen.port))
             .await
-            .map_err(|e| anyhow::anyhow!("listen on {host}:{port}: {e}"))?;
-        listeners.push(l);
+            .map_err(|e| anyhow::anyhow!("listen on {}: {e}", listen.address()))?;
+        listeners.push((l, listen.mode.clone()));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
-    for l in listeners {
+    for (l, mode) in listeners {
         let addr: SocketAddr = l.local_addr()?;
         let max_recv = s.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let kv = KvServer::new(KvService::new(member.clone()))
@@ -258,7 +266,14 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX);
         let mut stop = stop_rx.clone();
-        let incoming = TcpListenerStream::new(l).map(|c| c.map(authority_repair::filter));
+        let serving = mode.serving_message();
+        // The filter reads the decrypted stream of a TLS connection.
+        let incoming = incoming(l, mode, "client").map(|c| {
+            c.map(|c| {
+                let remote = c.remote();
+                authority_repair::filter(c, Some(remote))
+            })
+        });
         let server = tonic::transport::Server::builder()
             .layer(crate::metrics::grpc::GrpcMetricsLayer)
             // HTTP/1.1 beside gRPC, for the HTTP endpoints (etcd's cmux).
@@ -272,7 +287,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
-        tracing::info!(address = %addr, "serving client traffic insecurely");
+        tracing::info!(address = %addr, "{serving}");
         servers.push(tokio::spawn(server));
     }
     let expiry = tokio::spawn(expire_leases(member.clone(), lessor.clone()));
@@ -418,6 +433,7 @@ async fn publish_attributes(member: &Member, name: &str, client_urls: &[String])
 async fn fetch_cluster(
     initial: &[InitialMember],
     name: &str,
+    dialer: &PeerDialer,
 ) -> anyhow::Result<(u64, Vec<crate::membership::MemberInfo>)> {
     use crate::pb::cairnpb::{peer_client::PeerClient, MembersRequest};
     let urls: Vec<&String> = initial
@@ -432,8 +448,12 @@ async fn fetch_cluster(
         let ep = ep
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(2));
-        let Ok(ch) = ep.connect().await else {
-            continue;
+        let ch = match dialer.connect(ep).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                tracing::warn!(peer = %url, error = %e, "cannot reach a member to ask for the member list");
+                continue;
+            }
         };
         match PeerClient::new(ch).members(MembersRequest {}).await {
             Ok(r) => {

@@ -27,6 +27,7 @@ use crate::mvcc::MvccStore;
 use crate::pb::cairnpb::{peer_client::PeerClient, HashKvRequest, HashKvResponse};
 use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::server::Member;
+use crate::tls::PeerDialer;
 
 /// One member's HashKV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +205,7 @@ pub fn request_timeout(election_timeout: Duration) -> Duration {
 /// Asks every other member for its hash at `revision`, all at once; each
 /// peer's URLs are tried in order until one answers.
 pub async fn peer_hashes(
+    dialer: &PeerDialer,
     members: &[MemberInfo],
     me: u64,
     cluster_id: u64,
@@ -216,7 +218,7 @@ pub async fn peer_hashes(
         .map(|m| async move {
             let mut last = PeerHashError::Other("no peer URL".into());
             for url in &m.peer_urls {
-                let ask = ask_peer(url, cluster_id, revision);
+                let ask = ask_peer(dialer, url, cluster_id, revision);
                 match tokio::time::timeout(timeout, ask).await {
                     Ok(Ok(r)) => {
                         return PeerHash {
@@ -246,15 +248,17 @@ pub async fn peer_hashes(
 }
 
 async fn ask_peer(
+    dialer: &PeerDialer,
     url: &str,
     cluster_id: u64,
     revision: i64,
 ) -> Result<HashKvResponse, PeerHashError> {
     let other = |e: String| PeerHashError::Other(e);
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| other(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .connect()
+        .connect_timeout(Duration::from_secs(1));
+    let channel = dialer
+        .connect(endpoint)
         .await
         .map_err(|e| other(e.to_string()))?;
     let reply = PeerClient::new(channel)
@@ -281,6 +285,7 @@ async fn ask_peer(
 /// hash at its own revision against its peers'. An error means do not
 /// start.
 pub async fn initial_check(
+    dialer: &PeerDialer,
     store: &MvccStore,
     members: &[MemberInfo],
     me: u64,
@@ -294,7 +299,7 @@ pub async fn initial_check(
     );
     let local = KvHash::of(store, 0)
         .map_err(|e| anyhow::anyhow!("{} failed to fetch hash ({e})", format_id(me)))?;
-    let peers = peer_hashes(members, me, cluster_id, local.revision, timeout).await;
+    let peers = peer_hashes(dialer, members, me, cluster_id, local.revision, timeout).await;
     if !initial_mismatches(me, &local, &peers).is_empty() {
         anyhow::bail!("{} found data inconsistency with peers", format_id(me));
     }
@@ -329,6 +334,7 @@ async fn periodic_check(member: &Arc<Member>, timeout: Duration) -> crate::error
     let first = hash_off_thread(&store).await?;
     let members = member.membership.list();
     let peers = peer_hashes(
+        member.peer_dialer(),
         &members,
         member.id,
         member.cluster_id,

@@ -16,6 +16,7 @@ use crate::pb::cairnpb::peer_client::PeerClient;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::pb::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
 use crate::storage::Storage;
+use crate::tls::PeerDialer;
 
 pub struct Member {
     pub id: u64,
@@ -28,6 +29,7 @@ pub struct Member {
     pub(super) peer_activity: Arc<PeerActivity>,
     pub alarms: Arc<Alarms>,
     quota_backend_bytes: i64,
+    peer_dialer: Arc<PeerDialer>,
     raft: RaftHandle,
     store: Arc<MvccStore>,
     storage: Storage,
@@ -51,6 +53,7 @@ pub struct MemberSettings {
     pub alarms: Arc<Alarms>,
     pub quota_backend_bytes: i64,
     pub election_timeout: Duration,
+    pub peer_dialer: Arc<PeerDialer>,
 }
 
 impl Member {
@@ -78,6 +81,7 @@ impl Member {
             peer_activity: settings.peer_activity,
             alarms: settings.alarms,
             quota_backend_bytes: settings.quota_backend_bytes,
+            peer_dialer: settings.peer_dialer,
             conf_change: tokio::sync::Mutex::new(()),
             raft,
             store,
@@ -154,13 +158,20 @@ impl Member {
         let url = self
             .leader_peer_url()
             .ok_or_else(|| Error::NoLeader.status())?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| tonic::Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
+            .connect_timeout(Duration::from_secs(1));
+        let channel = self
+            .peer_dialer
+            .connect(endpoint)
             .await
             .map_err(|_| Error::LeaderChanged.status())?;
         Ok(PeerClient::new(channel))
+    }
+
+    /// How this member reaches its peers (TLS for `https://` URLs).
+    pub fn peer_dialer(&self) -> &Arc<PeerDialer> {
+        &self.peer_dialer
     }
 
     /// A response header as etcd fills it.

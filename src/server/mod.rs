@@ -13,5 +13,6 @@ pub mod auto_compaction;
 pub mod boot;
 pub mod corruption;
 pub mod identity;
+pub mod listeners;
 pub mod peer;
 pub mod systemd;

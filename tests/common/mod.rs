@@ -14,6 +14,7 @@ pub mod http;
 pub mod join;
 pub mod proxy;
 pub mod restore;
+pub mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_int, c_ulong};
