@@ -222,7 +222,6 @@ const CORRUPTION: &str = "the compaction hash check is not implemented";
 const TRACING: &str = "OpenTelemetry tracing is not implemented";
 const WITH_DISCOVERY: &str = "it only matters with --discovery, which cairn refuses";
 const WITH_PROXY: &str = "it only matters with --proxy, which cairn refuses";
-const GRPC: &str = "cairn's gRPC server uses its own limits and keepalive policy";
 const TUNING: &str = "cairn does not have this tuning knob; its own default applies";
 
 /// Every flag etcd 3.4, 3.5 and 3.6 accept. Order only matters for which
@@ -293,10 +292,10 @@ static FLAGS: &[FlagSpec] = &[
     ignored("experimental-backend-bbolt-freelist-type", Kind::Str, "array", BBOLT),
     ignored("backend-batch-interval", Kind::Duration, "0s", BBOLT),
     ignored("backend-batch-limit", Kind::Int, "0", BBOLT),
-    ignored("grpc-keepalive-min-time", Kind::Duration, "5s", GRPC),
-    ignored("grpc-keepalive-interval", Kind::Duration, "2h", GRPC),
-    ignored("grpc-keepalive-timeout", Kind::Duration, "20s", GRPC),
-    ignored("max-concurrent-streams", Kind::Uint, "4294967295", GRPC),
+    flag("grpc-keepalive-min-time", Kind::Duration, "5s", "Minimum interval a client should wait before pinging the server (cairn never cuts off clients that ping more often)."),
+    flag("grpc-keepalive-interval", Kind::Duration, "2h", "Frequency of server-to-client pings to check a connection is alive (0 disables)."),
+    flag("grpc-keepalive-timeout", Kind::Duration, "20s", "Wait for a ping's answer before closing a non-responsive connection (0 disables)."),
+    flag("max-concurrent-streams", Kind::Uint, "4294967295", "Maximum concurrent streams that each client can open at a time."),
     ignored("socket-reuse-port", Kind::Bool, "false", "listeners are opened with cairn's own socket options"),
     ignored("socket-reuse-address", Kind::Bool, "false", "listeners are opened with cairn's own socket options"),
     ignored("raft-read-timeout", Kind::Duration, "5s", "peer connections use cairn's own timeouts"),
@@ -766,6 +765,12 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// Between the leader's hash comparisons; zero: never.
     pub corrupt_check_time: Duration,
+    /// Server-to-client keepalive pings; zero: none.
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered; zero: forever.
+    pub grpc_keepalive_timeout: Duration,
+    /// Streams per client connection.
+    pub max_concurrent_streams: u32,
     /// `--cert-file`, `--trusted-ca-file`, ...: TLS on the client URLs.
     pub client_tls: TlsSide,
     /// `--peer-cert-file`, `--peer-trusted-ca-file`, ...: TLS on the peer
@@ -1127,6 +1132,9 @@ impl Config {
             Some(on) => *on,
             None => settings.get(OLD_INITIAL_CHECK, parse_go_bool)?,
         };
+        // Checked, though h2 has no ping policy to enforce it with: cairn
+        // takes client pings at any rate (grpc-go would cut off faster ones).
+        settings.get("grpc-keepalive-min-time", parse_duration_flag)?;
         // As etcd 3.6: the old name, when given, wins.
         let corrupt_check_time = if settings.is_set("experimental-corrupt-check-time") {
             settings.get("experimental-corrupt-check-time", parse_duration_flag)?
@@ -1166,6 +1174,12 @@ impl Config {
             auto_compaction,
             initial_corrupt_check,
             corrupt_check_time,
+            grpc_keepalive_interval: settings
+                .get("grpc-keepalive-interval", parse_duration_flag)?,
+            grpc_keepalive_timeout: settings.get("grpc-keepalive-timeout", parse_duration_flag)?,
+            max_concurrent_streams: settings
+                .get("max-concurrent-streams", parse_uint)?
+                .min(u64::from(u32::MAX)) as u32,
             client_tls: tls.client,
             peer_tls: tls.peer,
             tls_protocol: tls.protocol,

@@ -73,6 +73,12 @@ pub struct BootSettings {
     /// Between the leader's hash comparisons; zero: never.
     pub corrupt_check_time: Duration,
     pub auto_compaction: crate::config::AutoCompaction,
+    /// Server-to-client keepalive pings; zero: none.
+    pub grpc_keepalive_interval: Duration,
+    /// How long a ping may go unanswered; zero: forever.
+    pub grpc_keepalive_timeout: Duration,
+    /// Streams per client connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// etcd lets gRPC messages exceed `--max-request-bytes` by this much, so
@@ -243,6 +249,13 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
+    // gRPC's health service, as etcd registers it: "" SERVING while the
+    // member serves clients.
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     for (l, mode) in listeners {
         let addr: SocketAddr = l.local_addr()?;
         let max_recv = s.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -275,6 +288,9 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             })
         });
         let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(nonzero(s.grpc_keepalive_interval))
+            .http2_keepalive_timeout(nonzero(s.grpc_keepalive_timeout))
+            .max_concurrent_streams(Some(s.max_concurrent_streams))
             .layer(crate::metrics::grpc::GrpcMetricsLayer)
             // HTTP/1.1 beside gRPC, for the HTTP endpoints (etcd's cmux).
             .accept_http1(true)
@@ -284,6 +300,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             .add_service(maintenance)
             .add_service(watch)
             .add_service(lease)
+            .add_service(health_service.clone())
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             });
@@ -322,6 +339,9 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         }
     }
     super::systemd::stopping();
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     let _ = stop_tx.send(true);
     let _ = peer_stop_tx.send(true);
     drop(http_listeners);
