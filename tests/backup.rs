@@ -1110,3 +1110,160 @@ fn alarms_survive_backup_and_restore() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// the routine over TLS, as kubeadm clusters run it
+// ---------------------------------------------------------------------------
+
+/// The operator routine of CONTRACT section 6 word for word, on a cluster
+/// with kubeadm's mutual TLS (one member, then three): etcdctl with
+/// `--cacert --cert --key` writes (overwrites, a delete, a key on a lease),
+/// `snapshot save`, `snapshot status -w table`, more writes, `cairn
+/// snapshot restore` into new dirs with https peer URLs for every member,
+/// the members started on them: the snapshot's keys, values and revision,
+/// the later writes gone, new member ids, and the cluster takes writes.
+#[test]
+fn operator_routine_over_tls() {
+    use common::tls::{etcdctl_tls, Pki, TlsMember};
+    let pki = Pki::generate();
+    let client = pki.pair("healthcheck-client");
+    let ca = pki.ca_file();
+    for n in [1usize, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("snapshotdb");
+        let old = TlsMember::cluster(Kind::Cairn, n, &pki, &[]);
+        let all = |ms: &[TlsMember]| {
+            ms.iter()
+                .map(|m| m.endpoint())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let ctl = |endpoints: &str, args: &[&str]| {
+            ok(
+                &etcdctl_tls(endpoints, &ca, Some(&client), args),
+                &args.join(" "),
+            )
+        };
+        let ep0 = old[0].endpoint();
+        for (k, v) in [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("d", "5")] {
+            ctl(&ep0, &["put", k, v]);
+        }
+        ctl(&ep0, &["del", "c"]);
+        let grant = ctl(&ep0, &["lease", "grant", "600"]);
+        let lease = grant
+            .split_whitespace()
+            .nth(1)
+            .expect("lease id")
+            .to_string();
+        ctl(&ep0, &["put", "leased", "x", "--lease", &lease]);
+        let before = ctl(&ep0, &["get", "", "--from-key", "-w", "json"]);
+        let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+        let old_ids = ctl(&all(&old), &["member", "list", "-w", "json"]);
+        ctl(&all(&old), &["endpoint", "status", "-w", "table"]);
+
+        let saved = ctl(&old[n - 1].endpoint(), &["snapshot", "save", s(&file)]);
+        assert!(saved.contains("Snapshot saved at"), "{saved}");
+        let table = ok(
+            &ctl_cmd(&["snapshot", "status", s(&file), "-w", "table"]),
+            "snapshot status",
+        );
+        let rev = before["header"]["revision"].as_i64().unwrap();
+        let row: Vec<&str> = table
+            .lines()
+            .nth(3)
+            .unwrap_or("")
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(row.get(2), Some(&rev.to_string().as_str()), "{table}");
+        for i in 0..3 {
+            ctl(&ep0, &["put", &format!("later/{i}"), "lost"]);
+        }
+        drop(old);
+
+        // New members, new dirs, https peer URLs.
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| (common::free_port(), common::free_port()))
+            .collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("r{i}=https://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut new: Vec<TlsMember> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| {
+                TlsMember::unstarted(Kind::Cairn, &format!("r{i}"), *c, *p, &initial, &pki, &[])
+            })
+            .collect();
+        for m in &new {
+            ok(
+                &cairn(&[
+                    "snapshot",
+                    "restore",
+                    s(&file),
+                    "--name",
+                    &m.name,
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-token",
+                    "cairn-tls-test",
+                    "--initial-advertise-peer-urls",
+                    &m.peer_url(),
+                    "--data-dir",
+                    s(&m.data_dir()),
+                ]),
+                "cairn snapshot restore",
+            );
+        }
+        for m in &mut new {
+            m.spawn();
+        }
+        for m in &mut new {
+            m.wait_ready(&pki);
+        }
+        for m in &new {
+            let after = ctl(&m.endpoint(), &["get", "", "--from-key", "-w", "json"]);
+            let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+            assert_eq!(
+                after["kvs"], before["kvs"],
+                "{} restored, {n} members",
+                m.name
+            );
+            assert_eq!(after["header"]["revision"], before["header"]["revision"]);
+            let leases = ctl(&m.endpoint(), &["lease", "list"]);
+            assert!(leases.contains(&lease), "{leases}");
+        }
+        let new_ids = ctl(&all(&new), &["member", "list", "-w", "json"]);
+        let ids = |text: &str| -> Vec<u64> {
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["ID"].as_u64().unwrap())
+                .collect()
+        };
+        let (old_ids, new_ids) = (ids(&old_ids), ids(&new_ids));
+        assert_eq!(new_ids.len(), n);
+        assert!(
+            new_ids.iter().all(|id| !old_ids.contains(id)),
+            "{old_ids:?} {new_ids:?}"
+        );
+        let put = ctl(
+            &new[n - 1].endpoint(),
+            &["put", "after", "restore", "-w", "json"],
+        );
+        let put: serde_json::Value = serde_json::from_str(&put).unwrap();
+        assert_eq!(put["header"]["revision"].as_i64(), Some(rev + 1));
+        ctl(&all(&new), &["endpoint", "health"]);
+    }
+}
+
+/// etcdctl for an offline command, by another name than `ctl` (which the
+/// TLS test shadows).
+fn ctl_cmd(args: &[&str]) -> Output {
+    ctl(args)
+}
