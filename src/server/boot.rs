@@ -208,7 +208,7 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         tracing::info!(
             address = %address,
             tls = !matches!(listen.mode, crate::tls::ListenMode::Plain),
-            "listening for peers"
+            "serving peer traffic"
         );
         peer_servers.push(tokio::spawn(server));
     }

@@ -40,7 +40,7 @@ impl ListenMode {
     /// etcd's wording for the milestone log line of a client listener.
     pub fn serving_message(&self) -> &'static str {
         match self {
-            ListenMode::Plain => "serving client traffic insecurely",
+            ListenMode::Plain => "serving client traffic insecurely; this is strongly discouraged!",
             ListenMode::Tls(_) => "serving client traffic securely",
             ListenMode::Either(_) => "serving client traffic securely and insecurely",
         }
