@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of cairn on this machine, installing what the tests need
 # first (Debian packages: the C/C++ toolchain bits RocksDB's bindings need,
-# protoc for the etcd-client test dependency, and the real etcd and etcdctl
-# that the integration and differential tests run beside cairn).
+# protoc for the etcd-client test dependency, the real etcd and etcdctl
+# that the integration and differential tests run beside cairn, openssl for
+# the TLS tests' PKI, curl, and systemd-analyze for the unit file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

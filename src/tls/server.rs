@@ -197,6 +197,10 @@ fn build(files: &ServerFiles, protocol: &TlsProtocol) -> Result<ServerConfig, Tl
         .with_protocol_versions(&protocol.versions())?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified)));
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // h2 first (gRPC); http/1.1 too, for the HTTP endpoints on the client
+    // port: Go's TLS stack, and so etcd, accepts a client that offers only
+    // http/1.1 (curl --http1.1, wget, older probes), where rustls would
+    // refuse the handshake for want of a common protocol.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod check;
+pub mod daemon;
 pub mod http;
 pub mod join;
 pub mod proxy;
