@@ -1233,3 +1233,52 @@ fn fourth_member_catches_up_from_snapshot() {
     put(&ep3, "snap/after", "joined");
     assert_eq!(get(&eps[0], "snap/after").as_deref(), Some("joined"));
 }
+
+/// A member that has lost its leader still answers `Status`, with etcd's
+/// `etcdserver: no leader` first in its errors (what `etcdctl endpoint
+/// status` shows in its ERRORS column); the error goes once a leader is
+/// back.
+#[test]
+fn status_of_a_member_without_a_leader() {
+    let mut members = Server::cluster(target(), 3);
+    let ep = members[0].endpoint();
+    members[1].kill9();
+    members[2].kill9();
+    let errors = |ep: &str| -> Result<Vec<String>, String> {
+        let v = ctl_json(ep, &["endpoint", "status"]);
+        let s = &v[0]["Status"];
+        Ok(s["errors"]
+            .as_array()
+            .map(|a| a.iter().map(|e| e.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default())
+    };
+    let got = eventually(
+        "no leader in Status errors",
+        Duration::from_secs(20),
+        || {
+            let e = errors(&ep)?;
+            if e.is_empty() {
+                Err("no errors yet".into())
+            } else {
+                Ok(e)
+            }
+        },
+    );
+    assert_eq!(got, vec!["etcdserver: no leader".to_string()]);
+    let table = ctl_ok(&ep, &["endpoint", "status", "-w", "table"]);
+    assert!(table.contains("etcdserver: no leader"), "{table}");
+
+    members[1].restart();
+    eventually(
+        "the error gone with a leader",
+        Duration::from_secs(20),
+        || {
+            let e = errors(&ep)?;
+            if e.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{e:?}"))
+            }
+        },
+    );
+}

@@ -10,7 +10,7 @@ use super::{check_leader, check_learner, ResponseStream};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    DowngradeInfo, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::server::Member;
@@ -36,6 +36,12 @@ impl Maintenance for MaintenanceService {
         let raft = &m.raft().status;
         let (db_size, db_size_in_use) = m.storage().size();
         let rev = m.store().current_revision();
+        // As etcd: a member without a leader says so first, then alarms.
+        let mut errors = Vec::new();
+        if !m.has_leader() {
+            errors.push(crate::error::Error::NoLeader.to_string());
+        }
+        errors.extend(m.alarms.list().iter().map(crate::alarm::describe));
         Ok(Response::new(StatusResponse {
             header: Some(m.header(rev)),
             version: crate::version::ETCD_API_VERSION.to_string(),
@@ -44,9 +50,11 @@ impl Maintenance for MaintenanceService {
             raft_index: raft.commit.load(Ordering::SeqCst),
             raft_term: raft.term.load(Ordering::SeqCst),
             raft_applied_index: raft.applied.load(Ordering::SeqCst),
-            errors: m.alarms.list().iter().map(crate::alarm::describe).collect(),
+            errors,
             db_size_in_use,
             is_learner: m.is_learner(),
+            db_size_quota: m.quota_backend_bytes().max(0),
+            downgrade_info: Some(DowngradeInfo::default()),
             ..Default::default()
         }))
     }

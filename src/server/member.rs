@@ -169,6 +169,11 @@ impl Member {
         Ok(PeerClient::new(channel))
     }
 
+    /// The space quota in bytes; 0 or less: none.
+    pub fn quota_backend_bytes(&self) -> i64 {
+        self.quota_backend_bytes
+    }
+
     /// How this member reaches its peers (TLS for `https://` URLs).
     pub fn peer_dialer(&self) -> &Arc<PeerDialer> {
         &self.peer_dialer
