@@ -1145,6 +1145,7 @@ impl Config {
             settings,
             &listen_client_urls,
             &listen_peer_urls,
+            &listen_metrics_urls,
             &mut warnings,
         )?;
 
@@ -1206,6 +1207,7 @@ impl TlsFlags {
         settings: &Settings,
         listen_client_urls: &[EtcdUrl],
         listen_peer_urls: &[EtcdUrl],
+        listen_metrics_urls: &[EtcdUrl],
         warnings: &mut Vec<String>,
     ) -> Result<TlsFlags, ConfigError> {
         let (protocol, protocol_warnings) = TlsProtocol::parse(
@@ -1263,6 +1265,16 @@ impl TlsFlags {
                      and cert files (client-url {url})"
                 )),
                 _ => {}
+            }
+        }
+        // As etcd: https metrics URLs are served with the client TLS
+        // settings.
+        for url in listen_metrics_urls {
+            if url.scheme() == "https" && !client.has_cert() && !client.auto_tls {
+                return Err(ConfigError::Invalid(format!(
+                    "cannot listen on TLS for {}: KeyFile and CertFile are not presented",
+                    url.host_port()
+                )));
             }
         }
         for url in listen_peer_urls {
@@ -1880,11 +1892,6 @@ fn initial_cluster_text(cluster: &[(String, Vec<EtcdUrl>)]) -> String {
 fn refuse_unsupported_schemes(flag: &str, urls: &[EtcdUrl]) -> Result<(), ConfigError> {
     for url in urls {
         let (what, why, instead) = match url.scheme() {
-            "https" if flag == "listen-metrics-urls" => (
-                "https URLs",
-                "the metrics listener serves plain HTTP only",
-                "serve without TLS",
-            ),
             "unix" | "unixs" => (
                 "unix socket URLs",
                 "cairn listens on TCP only",
@@ -2504,7 +2511,16 @@ mod tests {
         ])
         .unwrap();
         let err = parse(&["--listen-metrics-urls=https://127.0.0.1:2381"]).unwrap_err();
-        assert!(matches!(err, ConfigError::Unsupported(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "cannot listen on TLS for 127.0.0.1:2381: KeyFile and CertFile are not presented"
+        );
+        parse(&[
+            "--listen-metrics-urls=https://127.0.0.1:2381",
+            "--cert-file=/c.crt",
+            "--key-file=/c.key",
+        ])
+        .unwrap();
         let err = parse(&["--listen-metrics-urls=unix://localhost:1"]).unwrap_err();
         assert!(matches!(err, ConfigError::Unsupported(_)), "{err}");
     }

@@ -47,11 +47,7 @@ fn main() {
         listen_client: listeners.client,
         listen_peer: listeners.peer,
         peer_dialer: listeners.peer_dialer,
-        listen_metrics: cfg
-            .listen_metrics_urls
-            .iter()
-            .map(|u| (u.host().to_string(), u.port()))
-            .collect(),
+        listen_metrics: listeners.metrics,
         advertise_client_urls: cfg
             .advertise_client_urls
             .iter()

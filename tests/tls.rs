@@ -581,3 +581,48 @@ fn auto_tls_cluster() {
         );
     }
 }
+
+/// An `https://` metrics URL serves the HTTP endpoints with the client TLS
+/// settings, client certificates required as on the client port.
+#[test]
+fn https_metrics_url() {
+    let pki = Pki::generate();
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let flag = format!("--listen-metrics-urls={url}");
+    let _member = TlsMember::cluster(target(), 1, &pki, &[&flag]);
+    let client = pki.pair("healthcheck-client");
+    let curl = |with_cert: bool, version: &str, path: &str| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--max-time", "5", version, "--cacert"])
+            .arg(pki.ca_file());
+        if with_cert {
+            cmd.arg("--cert")
+                .arg(&client.cert)
+                .arg("--key")
+                .arg(&client.key);
+        }
+        cmd.arg(format!("{url}{path}")).output().expect("run curl")
+    };
+    for version in ["--http2", "--http1.1"] {
+        let out = curl(true, version, "/health");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.starts_with(r#"{"health":"true""#),
+            "{version}: {body} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = curl(true, version, "/metrics");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("etcd_server_has_leader 1"),
+            "{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let refused = curl(false, "--http1.1", "/health");
+    assert!(
+        !refused.status.success() && refused.stdout.is_empty(),
+        "served without a client certificate: {}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+}

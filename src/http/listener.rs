@@ -1,13 +1,18 @@
-//! Serving the endpoints over plain HTTP/1.1 on `--listen-metrics-urls`
-//! (as etcd: no TLS there, no gRPC), one task per connection.
+//! Serving the endpoints on `--listen-metrics-urls`: HTTP/1.1 (and
+//! HTTP/2), plaintext, or TLS with the client TLS settings for `https://`
+//! URLs, as etcd does; no gRPC there. One task per connection.
 
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_stream::StreamExt;
+
+use crate::server::listeners::ListenOn;
+use crate::tls::incoming::incoming;
 
 /// The accept loops of the metrics URLs; dropping this closes the
 /// listeners and every connection they accepted.
@@ -16,23 +21,24 @@ pub struct HttpListeners {
 }
 
 impl HttpListeners {
-    /// Binds every `host:port` (all or nothing: a taken port is an error,
-    /// as etcd refuses to start then) and serves `router` on each.
-    pub async fn bind(addrs: &[(String, u16)], router: axum::Router) -> anyhow::Result<Self> {
+    /// Binds every address (all or nothing: a taken port is an error, as
+    /// etcd refuses to start then) and serves `router` on each.
+    pub async fn bind(addrs: &[ListenOn], router: axum::Router) -> anyhow::Result<Self> {
         let mut listeners = Vec::new();
-        for (host, port) in addrs {
-            let l = TcpListener::bind((host.as_str(), *port))
+        for on in addrs {
+            let l = TcpListener::bind((on.host.as_str(), on.port))
                 .await
-                .map_err(|e| anyhow::anyhow!("listen for metrics on {host}:{port}: {e}"))?;
-            listeners.push(l);
+                .map_err(|e| anyhow::anyhow!("listen for metrics on {}: {e}", on.address()))?;
+            listeners.push((l, on.clone()));
         }
         let tasks = listeners
             .into_iter()
-            .map(|l| {
+            .map(|(l, on)| {
                 if let Ok(addr) = l.local_addr() {
-                    tracing::info!(address = %addr, "serving metrics and health endpoints");
+                    let tls = !matches!(on.mode, crate::tls::ListenMode::Plain);
+                    tracing::info!(address = %addr, tls, "serving metrics and health endpoints");
                 }
-                tokio::spawn(accept_loop(l, router.clone()))
+                tokio::spawn(accept_loop(l, on, router.clone()))
             })
             .collect();
         Ok(HttpListeners { tasks })
@@ -47,22 +53,20 @@ impl Drop for HttpListeners {
     }
 }
 
-async fn accept_loop(listener: TcpListener, router: axum::Router) {
+async fn accept_loop(listener: TcpListener, on: ListenOn, router: axum::Router) {
     // Owned here, so that aborting this task ends every connection too.
     let mut connections = JoinSet::new();
+    // Accepting (and the TLS handshake, refusals logged) as on the client
+    // port.
+    let mut accepted = incoming(listener, on.mode, "metrics");
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => {
-                    let _ = tcp.set_nodelay(true);
-                    connections.spawn(serve_connection(tcp, router.clone()));
+            conn = accepted.next() => match conn {
+                Some(Ok(conn)) => {
+                    connections.spawn(serve_connection(conn, router.clone()));
                 }
-                Err(e) => {
-                    // Out of file descriptors, most likely: wait rather
-                    // than spin.
-                    tracing::warn!(error = %e, "accepting a metrics connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Some(Err(e)) => tracing::debug!(error = %e, "a metrics connection failed"),
+                None => return,
             },
             Some(_) = connections.join_next() => {}
         }
@@ -81,12 +85,15 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = TowerToHyperService::new(router);
-    let served = hyper::server::conn::http1::Builder::new()
+    // HTTP/1.1, or HTTP/2 when TLS negotiated it (or a client speaks it
+    // with prior knowledge).
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         // A client that never finishes its request headers is let go.
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+        .header_read_timeout(Duration::from_secs(30));
+    let served = builder.serve_connection(TokioIo::new(io), service).await;
     if let Err(e) = served {
         tracing::debug!(error = %e, "metrics connection ended with an error");
     }

@@ -51,8 +51,9 @@ pub struct BootSettings {
     pub listen_peer: Vec<ListenOn>,
     /// How this member reaches peer URLs (TLS for `https://` ones).
     pub peer_dialer: Arc<PeerDialer>,
-    /// host:port pairs serving the HTTP endpoints (`--listen-metrics-urls`).
-    pub listen_metrics: Vec<(String, u16)>,
+    /// Addresses serving the HTTP endpoints (`--listen-metrics-urls`),
+    /// plaintext or TLS.
+    pub listen_metrics: Vec<ListenOn>,
     pub advertise_client_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_token: String,

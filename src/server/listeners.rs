@@ -32,6 +32,8 @@ impl ListenOn {
 pub struct Listeners {
     pub client: Vec<ListenOn>,
     pub peer: Vec<ListenOn>,
+    /// `--listen-metrics-urls`: https ones with the client TLS settings.
+    pub metrics: Vec<ListenOn>,
     pub peer_dialer: Arc<PeerDialer>,
 }
 
@@ -51,6 +53,7 @@ impl Listeners {
         Listeners {
             client: plain(client),
             peer: plain(peer),
+            metrics: Vec::new(),
             peer_dialer: Arc::new(PeerDialer::plaintext()),
         }
     }
@@ -64,7 +67,10 @@ impl Listeners {
         let (peer_side, peer_self_signed) =
             with_auto_tls(&cfg.peer_tls, cfg, "peer", &cfg.listen_peer_urls)?;
 
-        let client_tls = if cfg.listen_client_urls.iter().any(|u| u.scheme() == "https") {
+        let https = |u: &EtcdUrl| u.scheme() == "https";
+        let client_tls = if cfg.listen_client_urls.iter().any(https)
+            || cfg.listen_metrics_urls.iter().any(https)
+        {
             // etcd checks these at startup though only its gateway uses
             // them; cairn never dials its own client URLs.
             match (&client_side.client_cert_file, &client_side.client_key_file) {
@@ -115,6 +121,19 @@ impl Listeners {
             })
             .collect();
 
+        let metrics = cfg
+            .listen_metrics_urls
+            .iter()
+            .map(|url| ListenOn {
+                host: url.host().to_string(),
+                port: url.port(),
+                mode: match (&client_tls, url.scheme()) {
+                    (Some(tls), "https") => ListenMode::Tls(tls.clone()),
+                    _ => ListenMode::Plain,
+                },
+            })
+            .collect();
+
         let peer_tls = if cfg.listen_peer_urls.iter().any(|u| u.scheme() == "https") {
             Some(Arc::new(ServerTls::new(
                 "peer",
@@ -145,6 +164,7 @@ impl Listeners {
         Ok(Listeners {
             client,
             peer,
+            metrics,
             peer_dialer,
         })
     }
