@@ -468,3 +468,38 @@ fn periodic_check_raises_corrupt_for_the_differing_member() {
         assert_eq!(r.into_inner().kvs[0].value, b"value1");
     });
 }
+
+/// `Maintenance.Hash` answers at the store's revision, also when a
+/// compaction removed the newest records (a delete's tombstone).
+#[test]
+fn hash_revision_after_compacting_the_newest_tombstone() {
+    let srv = Server::start(target());
+    let ep = srv.endpoint();
+    runtime().block_on(async {
+        let mut k = kv(&ep);
+        k.put(put("k", "v")).await.unwrap();
+        let rev = k
+            .delete_range(DeleteRangeRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+        k.compact(CompactionRequest {
+            revision: rev,
+            physical: true,
+        })
+        .await
+        .unwrap();
+        let h = maintenance(&ep)
+            .hash(HashRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(h.header.unwrap().revision, rev);
+    });
+}

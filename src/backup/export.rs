@@ -190,13 +190,12 @@ fn visit_etcd_db<S: DbSink>(
     whole_bucket(sink, b"authUsers", NONE)?;
     whole_bucket(sink, b"cluster", [(b"clusterVersion", CLUSTER_VERSION)])?;
 
-    let mut revision = 1i64;
+    // The store's own revision, not the newest record's: a compaction may
+    // have removed the newest tombstones.
+    let revision = crate::mvcc::store::revision_at(storage, &snap)?;
     {
         let mut key = sink.bucket(b"key")?;
-        crate::mvcc::store::etcd_key_bucket(storage, &snap, |k, v| {
-            revision = i64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]));
-            key.put(k, v)
-        })?;
+        crate::mvcc::store::etcd_key_bucket(storage, &snap, |k, v| key.put(k, v))?;
         key.finish()?;
     }
     {

@@ -130,6 +130,7 @@ fn import(
             finished = main(&e.value)?;
         }
     }
+    let revision = revision.max(scheduled).max(finished);
     crate::mvcc::store::import_revisions(storage, &mut batch, revision, scheduled, finished);
     storage.write(std::mem::take(&mut batch), false)?;
     // Attachments follow from the keys as they are now: what lease each

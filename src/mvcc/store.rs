@@ -785,6 +785,14 @@ pub fn etcd_key_bucket(
     Ok(())
 }
 
+/// The store's current revision in a consistent view.
+pub fn revision_at(storage: &Storage, snap: &Snapshot<'_>) -> Result<i64> {
+    Ok(snap
+        .get_cf(storage.cf(CF_META), META_REV)?
+        .and_then(|v| v.as_slice().try_into().ok().map(i64::from_be_bytes))
+        .unwrap_or(1))
+}
+
 /// The compaction state in a consistent view: (scheduled, finished)
 /// revisions, -1 when none.
 pub fn compaction_at(storage: &Storage, snap: &Snapshot<'_>) -> Result<(i64, i64)> {
@@ -863,7 +871,11 @@ pub fn import_revisions(
     compact_finished: i64,
 ) {
     let meta = storage.cf(CF_META);
-    batch.put_cf(meta, META_REV, current.max(1).to_be_bytes());
+    // As etcd's restore: a compaction may have removed the newest records
+    // (tombstones at or below it), so the store is at least at the
+    // compacted revision.
+    let current = current.max(compact_finished).max(compact_scheduled).max(1);
+    batch.put_cf(meta, META_REV, current.to_be_bytes());
     if compact_scheduled >= 0 {
         batch.put_cf(
             meta,
