@@ -1226,7 +1226,7 @@ impl TlsFlags {
             client_cert_auth: settings.get("client-cert-auth", parse_go_bool)?,
             crl_file: settings.get("client-crl-file", parse_path)?,
             auto_tls: settings.get("auto-tls", parse_go_bool)?,
-            allowed_cns: Vec::new(),
+            allowed_cns: settings.client_allowed_cns.clone(),
             allowed_hostnames: settings.get("client-cert-allowed-hostname", parse_strings)?,
             // etcd checks SANs against the address on the peer port only.
             skip_client_san_verify: true,
@@ -1329,6 +1329,9 @@ struct Setting {
 #[derive(Default)]
 struct Settings {
     values: HashMap<&'static str, Setting>,
+    /// `client-transport-security.allowed-cn` of a config file (etcd has
+    /// no flag for it).
+    client_allowed_cns: Vec<String>,
 }
 
 impl Settings {
@@ -1422,13 +1425,14 @@ impl Settings {
 }
 
 impl Settings {
-    /// The settings of an etcd YAML configuration file: each top-level key
-    /// is the flag of the same name, and `client-transport-security` /
-    /// `peer-transport-security` hold the TLS flags. Values are YAML's
-    /// types as etcd reads them: durations as integer nanoseconds (Go's
-    /// JSON encoding; a Go duration string is taken too), lists as YAML
-    /// sequences or comma-separated strings. Unknown keys are ignored with a
-    /// warning, as etcd ignores them.
+    /// The settings of an etcd YAML configuration file, read as etcd reads
+    /// it: through its JSON keys (mostly the flags' names; TLS only in the
+    /// `client-transport-security` and `peer-transport-security`
+    /// sections), each value of its Go type — booleans, integers (a
+    /// duration is an integer of nanoseconds), strings (URL lists
+    /// comma-separated), YAML sequences for etcd's list fields. A value of
+    /// another type is an error, as in etcd; a key etcd does not read is
+    /// ignored, with a warning.
     fn from_config_file(
         path: &str,
         text: &str,
@@ -1443,56 +1447,111 @@ impl Settings {
             Some(Yaml::Hash(h)) => h,
             Some(_) => return Err(bad("the top level is not a mapping".into())),
         };
-        let mut entries: Vec<(String, Yaml)> = Vec::new();
+        // (flag, file key, value)
+        let mut entries: Vec<(String, String, Yaml)> = Vec::new();
         for (k, v) in root {
             let Some(key) = k.as_str().map(str::to_string) else {
                 return Err(bad(format!("key {k:?} is not a string")));
             };
             let prefix = match key.as_str() {
-                "client-transport-security" => Some(""),
-                "peer-transport-security" => Some("peer-"),
-                _ => None,
+                "client-transport-security" => "",
+                "peer-transport-security" => "peer-",
+                _ if FILE_ONLY_IN_SECTIONS.contains(&key.as_str()) => {
+                    warnings.push(format!(
+                        "field {key:?} in config file {path} is read only inside \
+                         client-transport-security or peer-transport-security; ignoring it"
+                    ));
+                    continue;
+                }
+                _ => {
+                    entries.push((key.clone(), key, v));
+                    continue;
+                }
             };
-            match (prefix, v) {
-                (Some(prefix), Yaml::Hash(inner)) => {
+            match v {
+                Yaml::Hash(inner) => {
                     for (ik, iv) in inner {
                         let Some(ik) = ik.as_str() else {
                             return Err(bad(format!("{key}: key {ik:?} is not a string")));
                         };
-                        entries.push((security_flag(prefix, ik), iv));
+                        if !FILE_ONLY_IN_SECTIONS.contains(&ik)
+                            && ![
+                                "allowed-cn",
+                                "allowed-hostname",
+                                "skip-client-san-verification",
+                            ]
+                            .contains(&ik)
+                        {
+                            warnings.push(format!(
+                                "unknown field {key}.{ik:?} in config file {path}; ignoring it"
+                            ));
+                            continue;
+                        }
+                        let field = format!("{key}.{ik}");
+                        // etcd reads the client side's allowed CNs from the
+                        // file only; no flag sets them.
+                        if prefix.is_empty() && ik == "allowed-cn" {
+                            settings.client_allowed_cns = yaml_list(&iv)
+                                .ok_or_else(|| bad(go_type_error(&field, &iv, "[]string")))?;
+                            continue;
+                        }
+                        if prefix.is_empty() && ik == "skip-client-san-verification" {
+                            continue;
+                        }
+                        // 3.4's single-string form of the allowed names.
+                        let iv = match iv {
+                            Yaml::String(one) if ik.starts_with("allowed-") => {
+                                Yaml::Array(vec![Yaml::String(one)])
+                            }
+                            other => other,
+                        };
+                        entries.push((security_flag(prefix, ik), field, iv));
                     }
                 }
-                (Some(_), Yaml::Null) => {}
-                (Some(_), _) => return Err(bad(format!("invalid {key}"))),
-                (None, v) => entries.push((key, v)),
+                Yaml::Null => {}
+                other => return Err(bad(go_type_error(&key, &other, "securityConfig"))),
             }
         }
-        for (key, value) in entries {
-            if key == "config-file" {
+        for (flag, field, value) in entries {
+            if flag == "config-file" {
                 continue;
             }
-            let Some(spec) = find_flag(&key) else {
+            let Some(spec) = find_flag(&flag) else {
                 warnings.push(format!(
-                    "unknown field {key:?} in config file {path}; ignoring it"
+                    "unknown field {field:?} in config file {path}; ignoring it"
                 ));
                 continue;
             };
+            // etcd's list fields; cors and host-whitelist are strings there.
+            let list =
+                spec.kind == Kind::Strings && !["cors", "host-whitelist"].contains(&spec.name);
             let raw = match (&value, spec.kind) {
                 (Yaml::Null, _) => continue,
+                (Yaml::Boolean(b), Kind::Bool) => b.to_string(),
+                (Yaml::Integer(i), Kind::Uint | Kind::Int) => i.to_string(),
                 (Yaml::Integer(ns), Kind::Duration) => format!("{ns}ns"),
-                (Yaml::Array(items), _) => {
-                    let mut parts = Vec::new();
-                    for item in items {
-                        parts.push(yaml_scalar(item).ok_or_else(|| {
-                            bad(format!("{key}: list items must be plain values"))
-                        })?);
-                    }
-                    parts.join(",")
-                }
-                (v, _) => {
-                    yaml_scalar(v).ok_or_else(|| bad(format!("{key}: expected a plain value")))?
+                (Yaml::Array(_), Kind::Strings) if list => yaml_list(&value)
+                    .ok_or_else(|| bad(go_type_error(&field, &value, "[]string")))?
+                    .join(","),
+                (Yaml::String(text), Kind::Str | Kind::Urls) => text.clone(),
+                (Yaml::String(text), Kind::Strings) if !list => text.clone(),
+                (other, kind) => {
+                    let go = match kind {
+                        Kind::Bool | Kind::Retired => "bool",
+                        Kind::Uint => "uint64",
+                        Kind::Int => "int64",
+                        Kind::Duration => "time.Duration",
+                        Kind::Strings if list => "[]string",
+                        _ => "string",
+                    };
+                    return Err(bad(go_type_error(&field, other, go)));
                 }
             };
+            // An empty string leaves etcd's default (e.g.
+            // `initial-cluster-state: ''` is a new cluster).
+            if raw.is_empty() {
+                continue;
+            }
             settings.values.insert(
                 spec.name,
                 Setting {
@@ -1505,25 +1564,56 @@ impl Settings {
     }
 }
 
+/// Keys of etcd's configuration file that only exist inside the TLS
+/// sections (at the top level etcd does not read them).
+const FILE_ONLY_IN_SECTIONS: &[&str] = &[
+    "cert-file",
+    "key-file",
+    "client-cert-file",
+    "client-key-file",
+    "client-cert-auth",
+    "trusted-ca-file",
+    "auto-tls",
+];
+
 /// The flag a key of a `*-transport-security` section stands for.
 fn security_flag(prefix: &str, key: &str) -> String {
     match (prefix, key) {
         ("peer-", "allowed-cn") => "peer-cert-allowed-cn".into(),
         ("peer-", "allowed-hostname") => "peer-cert-allowed-hostname".into(),
-        ("", "allowed-cn") => "client-cert-allowed-cn".into(),
         ("", "allowed-hostname") => "client-cert-allowed-hostname".into(),
         _ => format!("{prefix}{key}"),
     }
 }
 
-fn yaml_scalar(v: &yaml_rust2::Yaml) -> Option<String> {
-    use yaml_rust2::Yaml;
+/// A YAML sequence of strings (or one string: etcd 3.4's `allowed-cn`
+/// and `allowed-hostname` are single strings, 3.5's lists).
+fn yaml_list(v: &yaml_rust2::Yaml) -> Option<Vec<String>> {
     match v {
-        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
-        Yaml::Integer(i) => Some(i.to_string()),
-        Yaml::Boolean(b) => Some(b.to_string()),
+        yaml_rust2::Yaml::String(one) => Some(vec![one.clone()]),
+        yaml_rust2::Yaml::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string))
+            .collect(),
+        yaml_rust2::Yaml::Null => Some(Vec::new()),
         _ => None,
     }
+}
+
+/// Go's JSON decoding error for a value of the wrong type.
+fn go_type_error(field: &str, v: &yaml_rust2::Yaml, go_type: &str) -> String {
+    use yaml_rust2::Yaml;
+    let json = match v {
+        Yaml::Boolean(_) => "bool",
+        Yaml::Integer(_) | Yaml::Real(_) => "number",
+        Yaml::String(_) => "string",
+        Yaml::Array(_) => "array",
+        Yaml::Hash(_) => "object",
+        _ => "value",
+    };
+    format!(
+        "json: cannot unmarshal {json} into Go struct field configYAML.{field} of type {go_type}"
+    )
 }
 
 fn spec(name: &str) -> &'static FlagSpec {
@@ -2907,9 +2997,23 @@ log-outputs: [stdout, stderr]
 auto-compaction-mode: revision
 auto-compaction-retention: "1000"
 feature-gates: InitialCorruptCheck=true
+initial-cluster-state: ''
 enable-v2: false
 cors:
 some-future-field: 1
+cert-file: /top-level/is/not/read.crt
+client-transport-security:
+  cert-file: /pki/server.crt
+  key-file: /pki/server.key
+  trusted-ca-file: /pki/ca.crt
+  client-cert-auth: true
+  allowed-cn: [apiserver, healthcheck]
+peer-transport-security:
+  cert-file: /pki/peer.crt
+  key-file: /pki/peer.key
+  trusted-ca-file: /pki/ca.crt
+  client-cert-auth: true
+  allowed-cn: [etcd-peer]
 "#,
         )
         .unwrap();
@@ -2934,8 +3038,23 @@ some-future-field: 1
         assert_eq!(c.log_outputs, ["stderr", "stdout"]);
         assert_eq!(c.auto_compaction, AutoCompaction::Revision(1000));
         assert!(c.initial_corrupt_check);
+        assert_eq!(c.initial_cluster_state, ClusterState::New);
         assert!(
             c.warnings.iter().any(|w| w.contains("some-future-field")),
+            "{:?}",
+            c.warnings
+        );
+        // TLS from the sections only, client allowed CNs included.
+        let pki = |f: &str| Some(PathBuf::from(format!("/pki/{f}")));
+        assert_eq!(c.client_tls.cert_file, pki("server.crt"));
+        assert_eq!(c.client_tls.trusted_ca_file, pki("ca.crt"));
+        assert!(c.client_tls.client_cert_auth);
+        assert_eq!(c.client_tls.allowed_cns, ["apiserver", "healthcheck"]);
+        assert_eq!(c.peer_tls.cert_file, pki("peer.crt"));
+        assert!(c.peer_tls.client_cert_auth);
+        assert_eq!(c.peer_tls.allowed_cns, ["etcd-peer"]);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("\"cert-file\"")),
             "{:?}",
             c.warnings
         );
@@ -2944,10 +3063,23 @@ some-future-field: 1
         let c = Config::from_args_and_env(["cairn"], [("ETCD_CONFIG_FILE", p.as_str())]).unwrap();
         assert_eq!(c.name, "cp1");
 
-        // Bad values name the key and the file; refusals still apply.
-        std::fs::write(&path, "snapshot-count: lots\n").unwrap();
+        // Values of the wrong type are refused, as etcd's JSON decoding
+        // refuses them (each checked against etcd 3.4.23).
+        for (yaml, want) in [
+            ("auto-compaction-retention: 1", "cannot unmarshal number into Go struct field configYAML.auto-compaction-retention of type string"),
+            ("grpc-keepalive-interval: 2h", "cannot unmarshal string into Go struct field configYAML.grpc-keepalive-interval of type time.Duration"),
+            ("enable-pprof: \"true\"", "cannot unmarshal string into Go struct field configYAML.enable-pprof of type bool"),
+            ("listen-client-urls: [http://a:1]", "cannot unmarshal array into Go struct field configYAML.listen-client-urls of type string"),
+            ("log-outputs: stderr", "cannot unmarshal string into Go struct field configYAML.log-outputs of type []string"),
+        ] {
+            std::fs::write(&path, yaml).unwrap();
+            let err = parse(&[&arg]).unwrap_err().to_string();
+            assert!(err.ends_with(want), "{yaml}: {err}");
+        }
+        // Bad values of the right type name the key and the file.
+        std::fs::write(&path, "initial-cluster-state: maybe\n").unwrap();
         let err = parse(&[&arg]).unwrap_err().to_string();
-        assert!(err.contains("\"snapshot-count\" in config file"), "{err}");
+        assert!(err.contains("maybe"), "{err}");
         std::fs::write(&path, "wal-dir: /wal\n").unwrap();
         assert!(matches!(
             parse(&[&arg]).unwrap_err(),
