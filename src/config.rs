@@ -293,8 +293,8 @@ static FLAGS: &[FlagSpec] = &[
     ignored("backend-batch-interval", Kind::Duration, "0s", BBOLT),
     ignored("backend-batch-limit", Kind::Int, "0", BBOLT),
     flag("grpc-keepalive-min-time", Kind::Duration, "5s", "Minimum interval a client should wait before pinging the server (cairn never cuts off clients that ping more often)."),
-    flag("grpc-keepalive-interval", Kind::Duration, "2h", "Frequency of server-to-client pings to check a connection is alive (0 disables)."),
-    flag("grpc-keepalive-timeout", Kind::Duration, "20s", "Wait for a ping's answer before closing a non-responsive connection (0 disables)."),
+    flag("grpc-keepalive-interval", Kind::Duration, "2h", "Frequency of server-to-client pings to check a connection is alive (with 0 here or in the timeout, gRPC's defaults apply)."),
+    flag("grpc-keepalive-timeout", Kind::Duration, "20s", "Wait for a ping's answer before closing a non-responsive connection."),
     flag("max-concurrent-streams", Kind::Uint, "4294967295", "Maximum concurrent streams that each client can open at a time."),
     ignored("socket-reuse-port", Kind::Bool, "false", "listeners are opened with cairn's own socket options"),
     ignored("socket-reuse-address", Kind::Bool, "false", "listeners are opened with cairn's own socket options"),
@@ -765,9 +765,10 @@ pub struct Config {
     pub initial_corrupt_check: bool,
     /// Between the leader's hash comparisons; zero: never.
     pub corrupt_check_time: Duration,
-    /// Server-to-client keepalive pings; zero: none.
+    /// Server-to-client keepalive pings (with the timeout: zero in either
+    /// means gRPC's defaults, as etcd).
     pub grpc_keepalive_interval: Duration,
-    /// How long a ping may go unanswered; zero: forever.
+    /// How long a ping may go unanswered.
     pub grpc_keepalive_timeout: Duration,
     /// Streams per client connection.
     pub max_concurrent_streams: u32,

@@ -5,13 +5,15 @@
 //! asked (`--log-format=console`) or on a terminal.
 //!
 //! `--log-outputs` as etcd takes it: `default` or `stderr`, `stdout`, and
-//! file paths (appended to), each line written to all of them.
+//! file paths (appended to), each line written to all of them; or
+//! `systemd/journal` alone, journald's native protocol.
 //!
 //! **Invariant:** one event is one `write` of one whole line to every
 //! output, so lines from different threads never interleave.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
+use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
@@ -55,11 +57,34 @@ enum Sink {
     Stderr,
     Stdout,
     File(Mutex<File>),
+    /// journald's native protocol, stderr when a send fails (as etcd).
+    Journal(UnixDatagram),
 }
+
+/// Where journald takes native-protocol datagrams.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
 impl Outputs {
     fn open(names: &[String]) -> io::Result<Outputs> {
         let mut sinks = Vec::new();
+        if names.iter().any(|n| n == "systemd/journal") {
+            // etcd's rule and text: the journal alone (or with `default`).
+            if names
+                .iter()
+                .any(|n| n != "systemd/journal" && n != "default")
+            {
+                return Err(io::Error::other(format!(
+                    "running with systemd/journal but other '--log-outputs' values ({names:?}) \
+                     are configured with 'default'; override 'default' value with something else"
+                )));
+            }
+            let socket = UnixDatagram::unbound()
+                .and_then(|s| s.connect(JOURNAL_SOCKET).map(|()| s))
+                .map_err(|e| io::Error::other(format!("can't find journal ({e})")))?;
+            return Ok(Outputs {
+                sinks: Arc::new(vec![Sink::Journal(socket)]),
+            });
+        }
         for name in names {
             sinks.push(match name.as_str() {
                 "default" | "stderr" => Sink::Stderr,
@@ -94,6 +119,10 @@ impl Write for Outputs {
                 Sink::Stderr => io::stderr().lock().write_all(buf),
                 Sink::Stdout => io::stdout().lock().write_all(buf),
                 Sink::File(f) => f.lock().unwrap_or_else(|e| e.into_inner()).write_all(buf),
+                Sink::Journal(socket) => match socket.send(&journal_entry(buf)) {
+                    Ok(_) => Ok(()),
+                    Err(_) => io::stderr().lock().write_all(buf),
+                },
             };
         }
         Ok(buf.len())
@@ -102,6 +131,47 @@ impl Write for Outputs {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// One log line as a journald entry: the line as MESSAGE (length-prefixed,
+/// so any byte may appear), PRIORITY from its level, PACKAGE from its
+/// caller's directory, SYSLOG_IDENTIFIER — the fields etcd sends.
+fn journal_entry(line: &[u8]) -> Vec<u8> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let parsed: Option<Value> = serde_json::from_slice(line).ok();
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let priority = match field("level").as_deref() {
+        Some("debug") => 7,
+        Some("warn") => 4,
+        Some("error") => 3,
+        _ => 6,
+    };
+    let package = field("caller")
+        .and_then(|c| c.rsplit_once('/').map(|(dir, _)| dir.to_string()))
+        .unwrap_or_else(|| ".".into());
+    let mut out = Vec::with_capacity(line.len() + 96);
+    out.extend_from_slice(b"MESSAGE\n");
+    out.extend_from_slice(&(line.len() as u64).to_le_bytes());
+    out.extend_from_slice(line);
+    // As etcd: the name the binary was started as.
+    let ident = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "cairn".into());
+    out.extend_from_slice(
+        format!("\nPRIORITY={priority}\nPACKAGE={package}\nSYSLOG_IDENTIFIER={ident}\n").as_bytes(),
+    );
+    out
 }
 
 impl<'a> MakeWriter<'a> for Outputs {
@@ -180,7 +250,8 @@ fn short_path(path: &str) -> &str {
     &path[cut + 1..]
 }
 
-/// The current time as etcd's zap writes it: `2026-11-25T18:11:50.710Z`.
+/// The current time as etcd 3.5's zap writes it (UTC):
+/// `2026-11-25T18:11:50.710123Z`.
 fn utc_now_millis() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -189,11 +260,11 @@ fn utc_now_millis() -> String {
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        now.subsec_millis()
+        now.subsec_micros()
     )
 }
 
@@ -276,6 +347,20 @@ mod tests {
     }
 
     #[test]
+    fn journal_entries_carry_etcds_fields() {
+        let line = br#"{"level":"warn","ts":"x","caller":"server/boot.rs:9","msg":"m"}"#;
+        let mut with_newline = line.to_vec();
+        with_newline.push(b'\n');
+        let e = journal_entry(&with_newline);
+        let mut want = b"MESSAGE\n".to_vec();
+        want.extend_from_slice(&(line.len() as u64).to_le_bytes());
+        want.extend_from_slice(line);
+        want.extend_from_slice(b"\nPRIORITY=4\nPACKAGE=server\nSYSLOG_IDENTIFIER=");
+        assert!(e.starts_with(&want), "{:?}", String::from_utf8_lossy(&e));
+        assert!(e.ends_with(b"\n"));
+    }
+
+    #[test]
     fn callers_are_short() {
         assert_eq!(short_path("src/server/boot.rs"), "server/boot.rs");
         assert_eq!(
@@ -324,7 +409,7 @@ mod tests {
             .unwrap()
             .starts_with("src/logging.rs:"));
         let ts = line["ts"].as_str().unwrap();
-        assert_eq!(ts.len(), "2026-11-25T18:11:50.710Z".len(), "{ts}");
+        assert_eq!(ts.len(), "2026-11-25T18:11:50.710123Z".len(), "{ts}");
         assert!(ts.ends_with('Z'));
         let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
         assert_eq!(keys[..4], ["level", "ts", "caller", "msg"]);

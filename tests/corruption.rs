@@ -414,7 +414,17 @@ fn periodic_check_raises_corrupt_for_the_differing_member() {
     let f = follower.expect("a follower");
     let id = rt.block_on(member_id(&members[f].endpoint()));
 
-    // Passes while the stores agree (a few rounds of the check).
+    // Passes while the stores agree: rounds of the check that compared
+    // both peers, and no alarm.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let passed = r#""msg":"finished peer corruption check","number-of-peers-checked":2"#;
+    while !members
+        .iter()
+        .any(|m| m.log_tail(200).matches(passed).count() >= 2)
+    {
+        assert!(Instant::now() < deadline, "no complete check round logged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for m in &members {
         rt.block_on(async {
             let r = maintenance(&m.endpoint())

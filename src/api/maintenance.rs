@@ -167,7 +167,12 @@ impl Maintenance for MaintenanceService {
                     _ => return Err(Status::internal("unexpected response kind")),
                 }
             }
-            _ => self.member.alarms.of_type(r.alarm),
+            // etcd lists through raft: linearizable, and unanswered on a
+            // member cut off from the majority.
+            _ => {
+                self.member.read_barrier().await?;
+                self.member.alarms.of_type(r.alarm)
+            }
         };
         let rev = self.member.store().current_revision();
         Ok(Response::new(AlarmResponse {

@@ -74,9 +74,10 @@ pub struct BootSettings {
     /// Between the leader's hash comparisons; zero: never.
     pub corrupt_check_time: Duration,
     pub auto_compaction: crate::config::AutoCompaction,
-    /// Server-to-client keepalive pings; zero: none.
+    /// Server-to-client keepalive pings (zero here or in the timeout:
+    /// gRPC's defaults, as etcd).
     pub grpc_keepalive_interval: Duration,
-    /// How long a ping may go unanswered; zero: forever.
+    /// How long a ping may go unanswered.
     pub grpc_keepalive_timeout: Duration,
     /// Streams per client connection.
     pub max_concurrent_streams: u32,
@@ -256,7 +257,13 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    // As etcd: both set above zero, or grpc's defaults (2 h, 20 s).
+    let (keepalive_interval, keepalive_timeout) =
+        if s.grpc_keepalive_interval.is_zero() || s.grpc_keepalive_timeout.is_zero() {
+            (Duration::from_secs(2 * 3600), Duration::from_secs(20))
+        } else {
+            (s.grpc_keepalive_interval, s.grpc_keepalive_timeout)
+        };
     for (l, mode) in listeners {
         let addr: SocketAddr = l.local_addr()?;
         let max_recv = s.max_request_bytes + GRPC_OVERHEAD_BYTES;
@@ -289,8 +296,8 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
             })
         });
         let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(nonzero(s.grpc_keepalive_interval))
-            .http2_keepalive_timeout(nonzero(s.grpc_keepalive_timeout))
+            .http2_keepalive_interval(Some(keepalive_interval))
+            .http2_keepalive_timeout(Some(keepalive_timeout))
             .max_concurrent_streams(Some(s.max_concurrent_streams))
             .layer(crate::metrics::grpc::GrpcMetricsLayer)
             // HTTP/1.1 beside gRPC, for the HTTP endpoints (etcd's cmux).
