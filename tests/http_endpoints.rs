@@ -554,3 +554,39 @@ fn a_learner_is_not_ready() {
         "{rtt:?}"
     );
 }
+
+/// A member restarted without its quorum answers on its metrics port at
+/// once, as etcd's does: `/health` 503 with etcd's reason, `/metrics` with
+/// `etcd_server_has_leader 0`, and (cairn, as etcd 3.6) `/livez` 200 while
+/// `/readyz` is 503 — so kubelet's liveness probe does not kill a member
+/// that waits for its peers.
+#[test]
+fn endpoints_answer_while_waiting_for_a_quorum() {
+    let kind = target();
+    let port = free_port();
+    let flag = format!("--listen-metrics-urls=http://127.0.0.1:{port}");
+    let mut members = Server::cluster_spawn_each(kind, &[&[&flag], &[], &[]]);
+    for m in &mut members {
+        m.await_ready();
+    }
+    members[1].kill9();
+    members[2].kill9();
+    members[0].restart_no_wait();
+    let health = get_until(port, "/health", Duration::from_secs(20), |r| {
+        r.status == 503
+    });
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(
+        health.body.contains(r#""health":"false""#),
+        "{}",
+        health.body
+    );
+    let metrics = get(port, "/metrics");
+    assert_eq!(metrics.status, 200);
+    let samples = parse_metrics(&metrics.body);
+    assert_eq!(metric(&samples, "etcd_server_has_leader", &[]), Some(0.0));
+    if kind == Kind::Cairn {
+        assert_answer(&get(port, "/livez"), 200, "ok\n");
+        assert_eq!(get(port, "/readyz").status, 503);
+    }
+}

@@ -695,3 +695,32 @@ fn config_file_with_tls_sections() {
         );
     }
 }
+
+/// Allowed CNs with no client certificate asked for (no peer CA, no
+/// `--peer-client-cert-auth`) have no effect: Go never checks them then,
+/// so etcd serves every TLS client, and so does cairn.
+#[test]
+fn allowed_cn_without_client_auth_has_no_effect() {
+    let pki = Pki::generate();
+    let (c, p) = (free_port(), free_port());
+    let f = |name: &str| format!("{}", pki.path(name).display());
+    let flags = [
+        format!("--peer-cert-file={}", f("peer.crt")),
+        format!("--peer-key-file={}", f("peer.key")),
+        "--peer-cert-allowed-cn=someone-else".to_string(),
+        format!("--cert-file={}", f("server.crt")),
+        format!("--key-file={}", f("server.key")),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let initial = format!("solo=https://127.0.0.1:{p}");
+    let mut m = TlsMember::unstarted_with(target(), "solo", c, p, &initial, &flags);
+    m.spawn();
+    m.wait_ready_trusting(Some(&pki));
+    let ca = pki.ca_file();
+    TlsProbe::new(&ca, None)
+        .accepted(&m.peer_addr())
+        .unwrap_or_else(|e| panic!("a TLS client without a certificate was refused: {e}"));
+    TlsProbe::new(&ca, Some(&pki.pair("healthcheck-client")))
+        .accepted(&m.peer_addr())
+        .unwrap_or_else(|e| panic!("a certificate with another CN was refused: {e}"));
+}

@@ -214,7 +214,6 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         );
         peer_servers.push(tokio::spawn(server));
     }
-    raft.wait_ready().await;
     let member = Arc::new(Member::new(
         MemberSettings {
             id: identity.member_id,
@@ -234,11 +233,16 @@ pub async fn run(s: BootSettings, shutdown: impl Future<Output = ()>) -> anyhow:
         store,
         storage,
     ));
-    member_tx.send_replace(Some(member.clone()));
+    // As etcd: the metrics and health endpoints answer from the start, so
+    // probes and scrapes see a member without a leader (`has_leader 0`,
+    // `/health` 503) rather than a closed port, and kubelet's liveness
+    // probe does not kill a member waiting for its quorum.
     crate::metrics::set_member_info(identity.member_id, s.quota_backend_bytes);
     let http_listeners =
         crate::http::HttpListeners::bind(&s.listen_metrics, crate::http::router(member.clone()))
             .await?;
+    member.raft().wait_ready().await;
+    member_tx.send_replace(Some(member.clone()));
     // As etcd: clients are served once the cluster knows our client URLs.
     publish_attributes(&member, &s.name, &s.advertise_client_urls).await;
 

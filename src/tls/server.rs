@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use super::files;
 use super::reload::Reloading;
 use super::settings::{TlsProtocol, TlsSide};
-use super::verify::{self, AllowedIdentities, CheckedClientVerifier, Rejection, RevokedSerials};
+use super::verify::{self, AllowedIdentities, CheckedClientVerifier, RevokedSerials};
 use super::TlsError;
 
 /// etcd's bound on one handshake, so a silent client cannot hold a
@@ -46,9 +46,6 @@ pub struct ServerTls {
     config: Reloading<ServerConfig>,
     /// Peer port: a connecting peer's SANs must cover its address.
     check_address: bool,
-    /// Allowed identities without any client certificate asked for: etcd
-    /// then refuses every connection, and so does cairn.
-    refuse_all: bool,
 }
 
 impl ServerTls {
@@ -77,12 +74,13 @@ impl ServerTls {
                 hostnames: side.allowed_hostnames.clone(),
             },
         };
-        let refuse_all = !files.require_client_cert && !files.allowed.is_empty();
-        if refuse_all {
+        // Go never checks allowed names when no client certificate is asked
+        // for, so etcd then serves everyone; so does cairn, saying so.
+        if !files.require_client_cert && !files.allowed.is_empty() {
             tracing::warn!(
                 side = what,
                 "allowed certificate names are set but no client certificate is asked for \
-                 (no trusted CA file, no client cert auth): every connection will be refused"
+                 (no trusted CA file, no client cert auth): they have no effect"
             );
         }
         let paths = [
@@ -102,7 +100,6 @@ impl ServerTls {
         Ok(ServerTls {
             config,
             check_address,
-            refuse_all,
         })
     }
 
@@ -118,9 +115,6 @@ impl ServerTls {
             .await
             .map_err(|_| TlsError::HandshakeTimeout(HANDSHAKE_TIMEOUT))?
             .map_err(TlsError::Handshake)?;
-        if self.refuse_all {
-            return Err(Rejection::NotAllowed.into());
-        }
         if self.check_address {
             let leaf = stream
                 .get_ref()
