@@ -590,3 +590,62 @@ fn endpoints_answer_while_waiting_for_a_quorum() {
         assert_eq!(get(port, "/readyz").status, 503);
     }
 }
+
+/// A member that is down shows in the others' failed peer sends
+/// (`etcd_network_peer_sent_failures_total{To=...}`, what etcd's "members
+/// down" alert watches) within seconds.
+#[test]
+fn sends_to_a_dead_peer_are_counted_as_failures() {
+    let kind = target();
+    let ports = [free_port(), free_port(), free_port()];
+    let flags: Vec<String> = ports
+        .iter()
+        .map(|p| format!("--listen-metrics-urls=http://127.0.0.1:{p}"))
+        .collect();
+    let mut members = Server::cluster_spawn_each(
+        kind,
+        &[
+            &[flags[0].as_str()],
+            &[flags[1].as_str()],
+            &[flags[2].as_str()],
+        ],
+    );
+    for m in &mut members {
+        m.await_ready();
+    }
+    let dead = runtime().block_on(async {
+        let mut m = MaintenanceClient::new(channel(&members[2].endpoint()));
+        m.status(StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .member_id
+    });
+    let to = format!("{dead:x}");
+    members[2].kill9();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let failures: f64 = ports[..2]
+            .iter()
+            .map(|p| {
+                let samples = parse_metrics(&get(*p, "/metrics").body);
+                metric(
+                    &samples,
+                    "etcd_network_peer_sent_failures_total",
+                    &[("To", &to)],
+                )
+                .unwrap_or(0.0)
+            })
+            .sum();
+        if failures > 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed sends to {to} counted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -232,6 +232,12 @@ async fn connect(dialer: &PeerDialer, url: &str) -> Result<PeerClient<tonic::tra
         .max_encoding_message_size(usize::MAX))
 }
 
+/// Whether an encoded raft message is a heartbeat, read from its first
+/// field (the message type, which the encoder writes first).
+fn is_heartbeat(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0x08) && bytes.get(1) == Some(&(MessageType::MsgHeartbeat as u8))
+}
+
 /// The sending side of one peer.
 struct PeerLink {
     cluster_id: u64,
@@ -267,8 +273,12 @@ impl PeerLink {
                         last_dial_error = Some(reason);
                     }
                     self.activity.down(self.to);
-                    // Drop what queued up while the peer was away.
-                    while queue.try_recv().is_ok() {}
+                    // Drop what queued up while the peer was away, counted
+                    // as failed sends (etcd's peer_sent_failures, which the
+                    // "member down" alerts watch).
+                    while let Ok(bytes) = queue.try_recv() {
+                        crate::metrics::hooks::peer_message_dropped(self.to, is_heartbeat(&bytes));
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     if queue.is_closed() {
@@ -401,5 +411,27 @@ impl SnapshotSend {
         let bytes = reader.await.map_err(Error::internal)??;
         sent.map_err(|s| Error::Internal(format!("{}: {}", s.code(), s.message())))?;
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_are_told_from_their_encoding() {
+        let encode = |t: MessageType| {
+            let mut m = Message::default();
+            m.set_msg_type(t);
+            m.to = 2;
+            m.from = 1;
+            m.term = 7;
+            m.write_to_bytes().unwrap()
+        };
+        assert!(is_heartbeat(&encode(MessageType::MsgHeartbeat)));
+        assert!(!is_heartbeat(&encode(MessageType::MsgAppend)));
+        assert!(!is_heartbeat(&encode(MessageType::MsgHeartbeatResponse)));
+        // MsgHup is type 0: no type field at all.
+        assert!(!is_heartbeat(&encode(MessageType::MsgHup)));
     }
 }
