@@ -649,3 +649,64 @@ fn sends_to_a_dead_peer_are_counted_as_failures() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Calls a client gives up on (its deadline passes while a member that
+/// lost its quorum waits for a leader) are counted as handled too, as
+/// etcd's interceptor counts every handler's return: started and handled
+/// stay equal.
+#[test]
+fn calls_given_up_by_the_client_are_counted() {
+    let kind = target();
+    let port = free_port();
+    let flag = format!("--listen-metrics-urls=http://127.0.0.1:{port}");
+    let mut members = Server::cluster_spawn_each(kind, &[&[&flag], &[], &[]]);
+    for m in &mut members {
+        m.await_ready();
+    }
+    members[1].kill9();
+    members[2].kill9();
+    get_until(port, "/health", Duration::from_secs(20), |r| {
+        r.status == 503
+    });
+    // Calls the client gives up on (its deadline passes while the member
+    // waits for a leader) are counted as handled too, as etcd's
+    // interceptor counts every handler's return.
+    let handled_ranges = |body: &str| {
+        let samples = parse_metrics(body);
+        let started = metric(
+            &samples,
+            "grpc_server_started_total",
+            &[("grpc_method", "Range")],
+        )
+        .unwrap_or(0.0);
+        let handled = metric(
+            &samples,
+            "grpc_server_handled_total",
+            &[("grpc_method", "Range")],
+        )
+        .unwrap_or(0.0);
+        (started, handled)
+    };
+    runtime().block_on(async {
+        for _ in 0..2 {
+            let mut req = tonic::Request::new(cairn::pb::etcdserverpb::RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            });
+            req.set_timeout(Duration::from_millis(500));
+            let r = KvClient::new(channel(&members[0].endpoint()))
+                .range(req)
+                .await;
+            assert!(r.is_err(), "a linearizable read without a leader: {r:?}");
+        }
+    });
+    let settled = get_until(port, "/metrics", Duration::from_secs(10), |r| {
+        let (started, handled) = handled_ranges(&r.body);
+        started >= 2.0 && started == handled
+    });
+    let (started, handled) = handled_ranges(&settled.body);
+    assert!(
+        started >= 2.0 && started == handled,
+        "started {started}, handled {handled}"
+    );
+}

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -95,12 +96,18 @@ const CODES: [&str; 17] = [
 ];
 const CANCELED: usize = 1;
 const UNKNOWN: usize = 2;
+const DEADLINE_EXCEEDED: usize = 4;
+const UNAVAILABLE: usize = 14;
 
 /// The counters of one method, resolved once so that counting a call is
 /// a map lookup and an atomic add.
 struct MethodCounters {
     started: IntCounter,
     handled: Vec<IntCounter>,
+    /// The code etcd's handler returns when the client goes away: its
+    /// keep-alive stream turns a cancelled context into "no leader"
+    /// (Unavailable); every other method returns Canceled.
+    gone: usize,
 }
 
 /// Request path (`/service/method`) → counters; every series created at 0.
@@ -119,9 +126,18 @@ static BY_PATH: LazyLock<HashMap<String, MethodCounters>> = LazyLock::new(|| {
                         .with_label_values(&[kind, service, method, code])
                 })
                 .collect();
+            let gone = if method == "LeaseKeepAlive" {
+                UNAVAILABLE
+            } else {
+                CANCELED
+            };
             (
                 format!("/{service}/{method}"),
-                MethodCounters { started, handled },
+                MethodCounters {
+                    started,
+                    handled,
+                    gone,
+                },
             )
         })
         .collect()
@@ -184,9 +200,22 @@ where
         if let Some(c) = counters {
             c.started.inc();
         }
+        // Until the handler answers, a dropped call (the client cancelled,
+        // or its deadline passed) is counted by this guard.
+        let mut pending = PendingCall {
+            counters,
+            deadline: grpc_deadline(req.headers()),
+        };
         let call = self.inner.call(req);
         Box::pin(async move {
-            let resp = call.await?;
+            let resp = match call.await {
+                Ok(r) => r,
+                Err(e) => {
+                    pending.count(UNKNOWN);
+                    return Err(e);
+                }
+            };
+            pending.disarm();
             let Some(c) = counters else {
                 return Ok(resp.map(|b| CountedBody {
                     inner: b,
@@ -207,6 +236,53 @@ where
             }))
         })
     }
+}
+
+/// A call whose handler has not answered yet.
+struct PendingCall {
+    counters: Option<&'static MethodCounters>,
+    deadline: Option<Instant>,
+}
+
+impl PendingCall {
+    /// The handler answered: the response body counts the call from here.
+    fn disarm(&mut self) {
+        self.counters = None;
+    }
+
+    fn count(&mut self, code: usize) {
+        if let Some(c) = self.counters.take() {
+            c.handled[code].inc();
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        let code = match (self.counters, self.deadline) {
+            (None, _) => return,
+            (Some(_), Some(d)) if Instant::now() >= d => DEADLINE_EXCEEDED,
+            (Some(c), _) => c.gone,
+        };
+        self.count(code);
+    }
+}
+
+/// When the call's `grpc-timeout` header (`<digits><unit>`) runs out.
+fn grpc_deadline(headers: &HeaderMap) -> Option<Instant> {
+    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(d)
 }
 
 /// A response body that counts its call as handled when its `grpc-status`
@@ -263,7 +339,9 @@ where
 impl<B> Drop for CountedBody<B> {
     fn drop(&mut self) {
         // Never finished: the client cancelled, or the connection broke.
-        self.count(CANCELED);
+        if let Some(c) = self.on_end {
+            self.count(c.gone);
+        }
     }
 }
 
