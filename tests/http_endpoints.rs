@@ -250,7 +250,9 @@ fn health_reports_alarms_unless_excluded() {
 #[test]
 fn version_is_etcds_json() {
     let kind = target();
-    let (server, _) = start(kind);
+    let (server, metrics_port) = start(kind);
+    // On the client port only, as etcd's metrics mux has no /version.
+    assert_eq!(get(metrics_port, "/version").status, 404);
     let r = get(server.client_port, "/version");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"));

@@ -29,7 +29,9 @@ use crate::server::Member;
 /// answer (it has no routes of its own, only the fallback below, so that
 /// gRPC services can be added beside it).
 pub fn router(member: Arc<Member>) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(member)
+    axum::Router::new()
+        .fallback(handle_metrics_port)
+        .with_state(member)
 }
 
 /// The endpoints as tonic routes, for the client listener: gRPC services
@@ -37,10 +39,24 @@ pub fn router(member: Arc<Member>) -> axum::Router {
 /// server must accept HTTP/1.1 (`accept_http1(true)`) for curl and
 /// Prometheus to reach them.
 pub fn client_routes(member: Arc<Member>) -> tonic::service::Routes {
-    tonic::service::Routes::from(router(member))
+    tonic::service::Routes::from(
+        axum::Router::new()
+            .fallback(handle_client_port)
+            .with_state(member),
+    )
 }
 
-async fn handle(State(member): State<Arc<Member>>, req: Request) -> Response {
+async fn handle_client_port(State(member): State<Arc<Member>>, req: Request) -> Response {
+    handle(member, req, true).await
+}
+
+async fn handle_metrics_port(State(member): State<Arc<Member>>, req: Request) -> Response {
+    handle(member, req, false).await
+}
+
+/// One request; `client_port` says which port it came to (etcd serves
+/// `/version` on the client port only).
+async fn handle(member: Arc<Member>, req: Request, client_port: bool) -> Response {
     // A gRPC call to a service we do not serve: answer as gRPC does.
     if is_grpc(&req) {
         return tonic::Status::unimplemented("").into_http();
@@ -57,6 +73,7 @@ async fn handle(State(member): State<Arc<Member>>, req: Request) -> Response {
     match path {
         "/health" if not_get => reply::method_not_allowed(),
         "/health" => health::answer(&member, &query).await,
+        "/version" if !client_port => reply::not_found(),
         "/version" if not_get => reply::method_not_allowed(),
         "/version" => version(),
         // Prometheus' handler takes any method, as etcd's does.
