@@ -20,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::ServerName;
 use rustls::sign::SingleCertAndKey;
 use rustls::ClientConfig;
@@ -31,7 +33,7 @@ use super::files;
 use super::reload::Reloading;
 use super::server::certified_key;
 use super::settings::{TlsProtocol, TlsSide};
-use super::verify::AcceptAnyServerCert;
+use super::verify::{AcceptAnyServerCert, AllowedIdentities, CheckedServerVerifier};
 use super::TlsError;
 
 /// What the client config is built from.
@@ -43,6 +45,8 @@ struct ClientFiles {
     /// The member's own certificate is self-signed (auto-tls): its peers'
     /// are too, so they cannot be verified.
     skip_verify: bool,
+    /// `--peer-cert-allowed-cn/-hostname`, checked on dialled peers too.
+    allowed: AllowedIdentities,
 }
 
 /// A rustls client config for dialling peers, rebuilt when files change.
@@ -80,6 +84,10 @@ impl ClientTls {
             identity,
             ca: side.trusted_ca_file.clone(),
             skip_verify: self_signed,
+            allowed: AllowedIdentities {
+                cns: side.allowed_cns.clone(),
+                hostnames: side.allowed_hostnames.clone(),
+            },
         };
         let paths = files
             .identity
@@ -109,17 +117,26 @@ fn build(files: &ClientFiles, protocol: &TlsProtocol) -> Result<ClientConfig, Tl
     let provider = protocol.provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&protocol.versions())?;
-    let builder = if files.skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider.clone())))
+    let verifier: Arc<dyn ServerCertVerifier> = if files.skip_verify {
+        Arc::new(AcceptAnyServerCert(provider.clone()))
     } else {
         let roots = match &files.ca {
             Some(ca) => files::roots(ca)?,
             None => files::system_roots()?,
         };
-        builder.with_root_certificates(roots)
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build()?
     };
+    let verifier = if files.allowed.is_empty() {
+        verifier
+    } else {
+        Arc::new(CheckedServerVerifier {
+            inner: verifier,
+            allowed: files.allowed.clone(),
+        })
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut config = match &files.identity {
         Some((cert, key)) => builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
             certified_key(cert, key, &provider)?,

@@ -257,6 +257,59 @@ fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// A peer's server certificate as this member dials it: the usual
+/// verification (or none, for self-signed peers), then the allowed names
+/// of `--peer-cert-allowed-cn/-hostname`, which etcd checks on the
+/// certificates of the peers it dials as on those that dial it.
+#[derive(Debug)]
+pub struct CheckedServerVerifier {
+    pub inner: Arc<dyn ServerCertVerifier>,
+    pub allowed: AllowedIdentities,
+}
+
+impl ServerCertVerifier for CheckedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.allowed.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// For a member whose peers use self-signed (auto-tls) certificates: any
 /// certificate is accepted, but the handshake signatures are still checked,
 /// so the connection is encrypted to whoever holds that certificate's key.
@@ -323,6 +376,28 @@ mod tests {
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x2a, 0x01]));
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// A dialled peer's certificate must carry an allowed name, as etcd's
+    /// client side checks it.
+    #[test]
+    fn dialled_peers_are_checked_for_allowed_names() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = |cns: &[&str]| CheckedServerVerifier {
+            inner: Arc::new(AcceptAnyServerCert(provider.clone())),
+            allowed: AllowedIdentities {
+                cns: cns.iter().map(|s| s.to_string()).collect(),
+                hostnames: Vec::new(),
+            },
+        };
+        let peer = cert("etcd-peer", &["localhost"]);
+        let name = ServerName::try_from("localhost").unwrap();
+        let verify = |v: &CheckedServerVerifier| {
+            v.verify_server_cert(&peer, &[], &name, &[], UnixTime::now())
+                .map(|_| ())
+        };
+        assert!(verify(&verifier(&["etcd-peer"])).is_ok());
+        assert!(verify(&verifier(&["someone-else"])).is_err());
     }
 
     #[test]
