@@ -360,11 +360,38 @@ fn tls_startup_errors() {
         .unwrap_or_else(|| panic!("still running with a missing key file:\n{}", m.log_tail(30)));
     assert!(!status.success(), "{status}");
     let log = m.log();
+    // Go's text for the OS error, as etcd prints it.
     assert!(
-        log.contains(&format!("open {}", missing.display())),
+        log.contains(&format!(
+            "open {}: no such file or directory",
+            missing.display()
+        )),
         "{log}"
     );
     assert!(!log.contains("panicked"), "{log}");
+
+    // A key that is not the certificate's.
+    let (client_port, peer_port) = (free_port(), free_port());
+    let wrong_key = pki.path("peer.key");
+    let mut m = TlsMember::unstarted(
+        kind,
+        "m0",
+        client_port,
+        peer_port,
+        &format!("m0=https://127.0.0.1:{peer_port}"),
+        &pki,
+        &[&format!("--key-file={}", wrong_key.display())],
+    );
+    m.spawn();
+    let status = m
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running with a mismatched key:\n{}", m.log_tail(30)));
+    assert!(!status.success(), "{status}");
+    let log = m.log();
+    assert!(
+        log.contains("tls: private key does not match public key"),
+        "{log}"
+    );
 
     // An https client URL with no certificate at all.
     let (port, peer_port) = (free_port(), free_port());

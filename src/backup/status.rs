@@ -135,21 +135,7 @@ fn bbolt_meta_error(reason: &str) -> &'static str {
 /// An I/O error on `path` as Go's `os` package prints it (`open X: no
 /// such file or directory`): for etcdctl's texts.
 pub fn go_path_error(op: &str, path: &Path, e: &io::Error) -> String {
-    format!("{op} {}: {}", path.display(), go_err(e))
-}
-
-/// An OS error as Go prints it: `no such file or directory`.
-fn go_err(e: &io::Error) -> String {
-    let s = e.to_string();
-    let s = match s.rfind(" (os error ") {
-        Some(i) => &s[..i],
-        None => &s,
-    };
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
+    format!("{op} {}: {}", path.display(), crate::error::go_os_error(e))
 }
 
 /// The hash, revision and count, with the reader (which checks key order
@@ -335,7 +321,7 @@ impl Checker<'_> {
         }
         let mut data = vec![0u8; ps as usize];
         if let Err(e) = self.file.read_exact_at(&mut data, pgid * ps) {
-            self.error(format!("page {pgid}: {}", go_err(&e)));
+            self.error(format!("page {pgid}: {}", crate::error::go_os_error(&e)));
             return None;
         }
         let id = u64::from_le_bytes(data[0..8].try_into().unwrap_or([0; 8]));
@@ -360,7 +346,7 @@ impl Checker<'_> {
                 .file
                 .read_exact_at(&mut data[ps as usize..], (pgid + 1) * ps)
             {
-                self.error(format!("page {pgid}: {}", go_err(&e)));
+                self.error(format!("page {pgid}: {}", crate::error::go_os_error(&e)));
                 return None;
             }
         }

@@ -46,7 +46,7 @@ pub use settings::{TlsProtocol, TlsSide, TlsVersion};
 /// refused. Startup errors read like etcd's where etcd has a text.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("open {}: {source}", path.display())]
+    #[error("open {}: {}", path.display(), crate::error::go_os_error(source))]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -57,7 +57,7 @@ pub enum TlsError {
     NoKey { path: PathBuf },
     #[error("{}: {reason}", path.display())]
     BadPem { path: PathBuf, reason: String },
-    #[error("tls: cannot use the key in {} with the certificate in {}: {reason}", key.display(), cert.display())]
+    #[error("{reason} (certificate {}, key {})", cert.display(), key.display())]
     KeyPair {
         cert: PathBuf,
         key: PathBuf,

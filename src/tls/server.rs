@@ -146,7 +146,13 @@ pub(super) fn certified_key(
     CertifiedKey::from_der(chain, private_key, provider).map_err(|e| TlsError::KeyPair {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
-        reason: e.to_string(),
+        // Go's text for the common case, as etcd prints it.
+        reason: match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "tls: private key does not match public key".into()
+            }
+            e => e.to_string(),
+        },
     })
 }
 
