@@ -379,7 +379,7 @@ impl Applier {
         }
         let WriteOutcome { batch, rev, events } = out;
         self.commit(index, batch)?;
-        crate::metrics::hooks::write_applied(&resp, &events);
+        crate::metrics::hooks::write_applied(&op, &resp, &events);
         store.publish(rev);
         if !events.is_empty() {
             self.hub.publish(rev, events);

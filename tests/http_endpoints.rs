@@ -712,3 +712,88 @@ fn calls_given_up_by_the_client_are_counted() {
         "started {started}, handled {handled}"
     );
 }
+
+/// etcd's mvcc counters move as etcd's do: a range per Range call, per
+/// compare and per `prev_kv` read; a txn per store transaction of more than
+/// one operation (a put with `prev_kv` is one; a writing txn's compares are
+/// read in a transaction of their own, its put in another); the current
+/// revision and learner gauges.
+#[test]
+fn mvcc_counters_move_as_etcds() {
+    use cairn::pb::etcdserverpb::{
+        compare, request_op, Compare, RangeRequest, RequestOp, TxnRequest,
+    };
+    let kind = target();
+    let (server, port) = start(kind);
+    let read = || {
+        let samples = parse_metrics(&get(port, "/metrics").body);
+        let v = |name: &str| metric(&samples, name, &[]).unwrap_or(-1.0);
+        (
+            v("etcd_mvcc_range_total"),
+            v("etcd_mvcc_txn_total"),
+            v("etcd_debugging_mvcc_current_revision"),
+            v("etcd_server_is_learner"),
+        )
+    };
+    let (ranges0, txns0, _, learner) = read();
+    assert_eq!(learner, 0.0);
+    let rev = runtime().block_on(async {
+        let mut kv = KvClient::new(channel(&server.endpoint()));
+        for _ in 0..3 {
+            kv.range(RangeRequest {
+                key: b"m".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        for _ in 0..2 {
+            kv.put(PutRequest {
+                key: b"m".to_vec(),
+                value: b"v".to_vec(),
+                prev_kv: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        kv.put(PutRequest {
+            key: b"n".to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        kv.txn(TxnRequest {
+            compare: vec![Compare {
+                key: b"m".to_vec(),
+                result: compare::CompareResult::Greater as i32,
+                target: compare::CompareTarget::Version as i32,
+                target_union: Some(compare::TargetUnion::Version(0)),
+                ..Default::default()
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"o".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .header
+        .unwrap()
+        .revision
+    });
+    let (ranges, txns, current, _) = read();
+    assert_eq!(
+        ranges - ranges0,
+        6.0,
+        "ranges: 3 calls, 2 prev_kv reads, 1 compare"
+    );
+    assert_eq!(txns - txns0, 2.0, "txns: the 2 puts with prev_kv");
+    assert_eq!(current, rev as f64);
+}

@@ -74,6 +74,7 @@ impl Kv for KvService {
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
         resp.header = self.header(resp.header);
+        crate::metrics::hooks::range_served();
         Ok(Response::new(resp))
     }
 

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub put_total: IntCounter,
     pub delete_total: IntCounter,
     pub keys_total: IntGauge,
+    pub current_revision: IntGauge,
+    pub compact_revision: IntGauge,
+    pub debugging_db_total_size: IntGauge,
+    pub range_total: IntCounter,
+    pub txn_total: IntCounter,
+    pub is_learner: IntGauge,
 
     // Disks (etcd's `wal/metrics.go`, `mvcc/backend/metrics.go`).
     pub wal_fsync_duration: Histogram,
@@ -209,6 +215,48 @@ impl Metrics {
                 "Total number of keys.",
             ))
             .unwrap(),
+            current_revision: IntGauge::with_opts(opts(
+                "etcd_debugging",
+                "mvcc",
+                "current_revision",
+                "The current revision of store.",
+            ))
+            .unwrap(),
+            compact_revision: IntGauge::with_opts(opts(
+                "etcd_debugging",
+                "mvcc",
+                "compact_revision",
+                "The revision of the last compaction in store.",
+            ))
+            .unwrap(),
+            debugging_db_total_size: IntGauge::with_opts(opts(
+                "etcd_debugging",
+                "mvcc",
+                "db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            ))
+            .unwrap(),
+            range_total: IntCounter::with_opts(opts(
+                "etcd",
+                "mvcc",
+                "range_total",
+                "Total number of ranges seen by this member.",
+            ))
+            .unwrap(),
+            txn_total: IntCounter::with_opts(opts(
+                "etcd",
+                "mvcc",
+                "txn_total",
+                "Total number of txns seen by this member.",
+            ))
+            .unwrap(),
+            is_learner: IntGauge::with_opts(opts(
+                "etcd",
+                "server",
+                "is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            ))
+            .unwrap(),
             wal_fsync_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "wal_fsync_duration_seconds",
@@ -327,6 +375,12 @@ impl Metrics {
             Box::new(self.put_total.clone()),
             Box::new(self.delete_total.clone()),
             Box::new(self.keys_total.clone()),
+            Box::new(self.current_revision.clone()),
+            Box::new(self.compact_revision.clone()),
+            Box::new(self.debugging_db_total_size.clone()),
+            Box::new(self.range_total.clone()),
+            Box::new(self.txn_total.clone()),
+            Box::new(self.is_learner.clone()),
             Box::new(self.wal_fsync_duration.clone()),
             Box::new(self.backend_commit_duration.clone()),
             Box::new(self.peer_round_trip_time.clone()),

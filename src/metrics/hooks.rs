@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use super::METRICS;
-use crate::apply::Response;
+use crate::apply::{Op as ApplyOp, Response};
 use crate::error::Error;
-use crate::pb::etcdserverpb::{response_op::Response as Op, TxnResponse};
+use crate::pb::etcdserverpb::{response_op::Response as Op, TxnRequest, TxnResponse};
 use crate::pb::mvccpb::Event;
 
 /// etcd warns about (and counts) an apply slower than this.
@@ -42,36 +42,81 @@ pub fn backend_commit(took: Duration) {
     METRICS.backend_commit_duration.observe(took.as_secs_f64());
 }
 
-/// A write request was applied (`events` are what it changed): its put and
-/// delete operations are counted as etcd's mvcc counts them — every Put
-/// and every DeleteRange run, whether or not it deleted anything, and one
-/// delete per key of a revoked lease.
-pub fn write_applied(resp: &Response, events: &[Event]) {
-    let (puts, deletes) = match resp {
-        Response::Put(_) => (1, 0),
-        Response::DeleteRange(_) => (0, 1),
-        Response::Txn(t) => txn_ops(t),
-        Response::LeaseRevoke(_) => (0, events.len() as u64),
-        _ => (0, 0),
+/// An applied request, for etcd's mvcc counters, counted as etcd's
+/// `metricsTxnWrite` does: every range it read (a range op, a compare, the
+/// read behind `prev_kv` or `ignore_*`), every put and every delete call;
+/// and one txn when they add up to more than one operation.
+pub fn write_applied(op: &ApplyOp, resp: &Response, events: &[Event]) {
+    let (ranges, puts, deletes) = match (op, resp) {
+        (ApplyOp::Put(p), Response::Put(_)) => (
+            u64::from(p.prev_kv || p.ignore_value || p.ignore_lease),
+            1,
+            0,
+        ),
+        (ApplyOp::DeleteRange(d), Response::DeleteRange(_)) => (u64::from(d.prev_kv), 0, 1),
+        (ApplyOp::Txn(t), Response::Txn(r)) if !read_only(t) => {
+            // etcd evaluates a writing txn's compares in a read txn of
+            // their own, then runs the branch in a write txn: two counts.
+            let (ranges, puts, deletes) = txn_ops(t, r);
+            let compares = t.compare.len() as u64;
+            METRICS.range_total.inc_by(compares);
+            if compares > 1 {
+                METRICS.txn_total.inc();
+            }
+            (ranges - compares, puts, deletes)
+        }
+        (ApplyOp::Txn(t), Response::Txn(r)) => txn_ops(t, r),
+        (_, Response::LeaseRevoke(_)) => (0, 0, events.len() as u64),
+        _ => (0, 0, 0),
     };
     METRICS.put_total.inc_by(puts);
     METRICS.delete_total.inc_by(deletes);
+    METRICS.range_total.inc_by(ranges);
+    if ranges + puts + deletes > 1 {
+        METRICS.txn_total.inc();
+    }
 }
 
-/// (puts, deletes) a txn ran, nested txns included: its responses are
-/// those of the branch it took.
-fn txn_ops(t: &TxnResponse) -> (u64, u64) {
-    t.responses
+/// etcd's `IsTxnReadonly`: only ranges in either branch (a nested txn
+/// does not count as one).
+fn read_only(t: &TxnRequest) -> bool {
+    use crate::pb::etcdserverpb::request_op::Request as Req;
+    t.success
         .iter()
-        .fold((0, 0), |(p, d), r| match &r.response {
-            Some(Op::ResponsePut(_)) => (p + 1, d),
-            Some(Op::ResponseDeleteRange(_)) => (p, d + 1),
-            Some(Op::ResponseTxn(inner)) => {
-                let (ip, id) = txn_ops(inner);
-                (p + ip, d + id)
+        .chain(&t.failure)
+        .all(|r| matches!(r.request, Some(Req::RequestRange(_))))
+}
+
+/// A range served outside the apply step (a Range call).
+pub fn range_served() {
+    METRICS.range_total.inc();
+}
+
+/// (ranges, puts, deletes) a txn ran: its compares, then the branch it
+/// took, nested txns included.
+fn txn_ops(t: &TxnRequest, r: &TxnResponse) -> (u64, u64, u64) {
+    use crate::pb::etcdserverpb::request_op::Request as Req;
+    let branch = if r.succeeded { &t.success } else { &t.failure };
+    let mut counts = (t.compare.len() as u64, 0, 0);
+    for (req, resp) in branch.iter().zip(&r.responses) {
+        match (&req.request, &resp.response) {
+            (Some(Req::RequestRange(_)), _) => counts.0 += 1,
+            (Some(Req::RequestPut(p)), _) => {
+                counts.0 += u64::from(p.prev_kv || p.ignore_value || p.ignore_lease);
+                counts.1 += 1;
             }
-            _ => (p, d),
-        })
+            (Some(Req::RequestDeleteRange(d)), _) => {
+                counts.0 += u64::from(d.prev_kv);
+                counts.2 += 1;
+            }
+            (Some(Req::RequestTxn(inner)), Some(Op::ResponseTxn(inner_resp))) => {
+                let (r, p, d) = txn_ops(inner, inner_resp);
+                counts = (counts.0 + r, counts.1 + p, counts.2 + d);
+            }
+            _ => {}
+        }
+    }
+    counts
 }
 
 /// A raft message for member `to` was dropped because its queue was full.
@@ -140,27 +185,61 @@ mod tests {
 
     #[test]
     fn txn_operations_are_counted_through_nesting() {
-        use crate::pb::etcdserverpb::ResponseOp;
-        use crate::pb::etcdserverpb::{DeleteRangeResponse, PutResponse, RangeResponse};
-        let op = |r: Op| ResponseOp { response: Some(r) };
-        let inner = TxnResponse {
+        use crate::pb::etcdserverpb::request_op::Request as Req;
+        use crate::pb::etcdserverpb::{
+            Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+            RangeRequest, RangeResponse, RequestOp, ResponseOp,
+        };
+        let req = |r: Req| RequestOp { request: Some(r) };
+        let resp = |r: Op| ResponseOp { response: Some(r) };
+        let inner_req = TxnRequest {
+            compare: vec![Compare::default()],
+            success: vec![
+                req(Req::RequestPut(PutRequest::default())),
+                req(Req::RequestDeleteRange(DeleteRangeRequest {
+                    prev_kv: true,
+                    ..Default::default()
+                })),
+            ],
+            failure: vec![],
+        };
+        let inner_resp = TxnResponse {
+            succeeded: true,
             responses: vec![
-                op(Op::ResponsePut(PutResponse::default())),
-                op(Op::ResponseDeleteRange(DeleteRangeResponse::default())),
+                resp(Op::ResponsePut(PutResponse::default())),
+                resp(Op::ResponseDeleteRange(DeleteRangeResponse::default())),
             ],
             ..Default::default()
         };
-        let outer = TxnResponse {
+        // The failure branch ran: the success branch is not counted.
+        let outer_req = TxnRequest {
+            compare: vec![Compare::default(), Compare::default()],
+            success: vec![req(Req::RequestPut(PutRequest::default()))],
+            failure: vec![
+                req(Req::RequestPut(PutRequest {
+                    prev_kv: true,
+                    ..Default::default()
+                })),
+                req(Req::RequestRange(RangeRequest::default())),
+                req(Req::RequestTxn(inner_req)),
+            ],
+        };
+        let outer_resp = TxnResponse {
+            succeeded: false,
             responses: vec![
-                op(Op::ResponsePut(PutResponse::default())),
-                op(Op::ResponseRange(RangeResponse::default())),
-                op(Op::ResponseTxn(inner)),
-                op(Op::ResponseDeleteRange(DeleteRangeResponse::default())),
+                resp(Op::ResponsePut(PutResponse::default())),
+                resp(Op::ResponseRange(RangeResponse::default())),
+                resp(Op::ResponseTxn(inner_resp)),
             ],
             ..Default::default()
         };
-        assert_eq!(txn_ops(&outer), (2, 2));
-        assert_eq!(txn_ops(&TxnResponse::default()), (0, 0));
+        // Ranges: 2 compares, the put's prev_kv, the range, the inner
+        // compare, the inner delete's prev_kv.
+        assert_eq!(txn_ops(&outer_req, &outer_resp), (6, 2, 1));
+        assert_eq!(
+            txn_ops(&TxnRequest::default(), &TxnResponse::default()),
+            (0, 0, 0)
+        );
     }
 
     #[test]

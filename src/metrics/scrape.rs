@@ -42,8 +42,16 @@ pub async fn scrape(member: &Member) -> String {
     METRICS
         .proposals_applied
         .set(status.applied.load(Ordering::SeqCst) as i64);
+    METRICS.is_learner.set(member.is_learner() as i64);
+    METRICS
+        .current_revision
+        .set(member.store().current_revision());
+    METRICS
+        .compact_revision
+        .set(member.store().compacted_revision().max(0));
     let (total, in_use) = member.storage().size();
     METRICS.db_total_size.set(total);
+    METRICS.debugging_db_total_size.set(total);
     METRICS.db_total_size_in_use.set(in_use);
     count_keys(member).await;
     encode()
