@@ -57,6 +57,8 @@ pub struct Metrics {
     pub healthchecks_total: IntCounterVec,
 
     // gRPC (go-grpc-prometheus, as etcd registers it).
+    pub client_grpc_sent_bytes: IntCounter,
+    pub client_grpc_received_bytes: IntCounter,
     pub grpc_started: IntCounterVec,
     pub grpc_handled: IntCounterVec,
 }
@@ -349,6 +351,20 @@ impl Metrics {
                 &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
             )
             .unwrap(),
+            client_grpc_sent_bytes: IntCounter::with_opts(opts(
+                "etcd",
+                "network",
+                "client_grpc_sent_bytes_total",
+                "The total number of bytes sent to grpc clients.",
+            ))
+            .unwrap(),
+            client_grpc_received_bytes: IntCounter::with_opts(opts(
+                "etcd",
+                "network",
+                "client_grpc_received_bytes_total",
+                "The total number of bytes received from grpc clients.",
+            ))
+            .unwrap(),
             registry,
         };
         m.register_all();
@@ -389,6 +405,8 @@ impl Metrics {
             Box::new(self.health_failures.clone()),
             Box::new(self.healthcheck.clone()),
             Box::new(self.healthchecks_total.clone()),
+            Box::new(self.client_grpc_sent_bytes.clone()),
+            Box::new(self.client_grpc_received_bytes.clone()),
             Box::new(self.grpc_started.clone()),
             Box::new(self.grpc_handled.clone()),
         ];

@@ -171,9 +171,9 @@ pub struct GrpcMetrics<S> {
     inner: S,
 }
 
-impl<S, B, RB> Service<Request<B>> for GrpcMetrics<S>
+impl<S, RB> Service<Request<tonic::body::Body>> for GrpcMetrics<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<RB>>,
     S::Future: Send + 'static,
     RB: Body<Data = Bytes> + Unpin,
 {
@@ -186,7 +186,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let is_grpc = req
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -206,6 +206,12 @@ where
             counters,
             deadline: grpc_deadline(req.headers()),
         };
+        // gRPC requests' bytes in, as etcd's codec counts them.
+        let req = if counters.is_some() {
+            req.map(|b| tonic::body::Body::new(ReceivedBody { inner: b }))
+        } else {
+            req
+        };
         let call = self.inner.call(req);
         Box::pin(async move {
             let resp = match call.await {
@@ -220,6 +226,7 @@ where
                 return Ok(resp.map(|b| CountedBody {
                     inner: b,
                     on_end: None,
+                    grpc: false,
                 }));
             };
             // Trailers-only answer: the status is already known.
@@ -228,11 +235,13 @@ where
                 return Ok(resp.map(|b| CountedBody {
                     inner: b,
                     on_end: None,
+                    grpc: true,
                 }));
             }
             Ok(resp.map(|b| CountedBody {
                 inner: b,
                 on_end: Some(c),
+                grpc: true,
             }))
         })
     }
@@ -291,6 +300,44 @@ pub struct CountedBody<B> {
     inner: B,
     /// The call's counters, until it has been counted.
     on_end: Option<&'static MethodCounters>,
+    /// A gRPC answer: its bytes out are counted.
+    grpc: bool,
+}
+
+/// A gRPC request body that counts the bytes it brings in
+/// (`etcd_network_client_grpc_received_bytes_total`; etcd counts encoded
+/// messages, this counts them with their 5-byte gRPC frame prefixes).
+struct ReceivedBody<B> {
+    inner: B,
+}
+
+impl<B> Body for ReceivedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                METRICS.client_grpc_received_bytes.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl<B> CountedBody<B> {
@@ -317,6 +364,9 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(code) = frame.trailers_ref().and_then(code_index) {
                     self.count(code);
+                }
+                if let (true, Some(data)) = (self.grpc, frame.data_ref()) {
+                    METRICS.client_grpc_sent_bytes.inc_by(data.len() as u64);
                 }
             }
             // A body that ends without a status, or fails: grpc-go's
