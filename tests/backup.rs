@@ -129,6 +129,28 @@ fn cairn_restore(file: &Path, srv: &Server, token: Option<&str>) {
     assert!(data.join("member").is_dir(), "no member dir after restore");
 }
 
+/// `etcdctl snapshot restore FILE` into `srv`'s (not yet existing) data
+/// dir as member `srv.name` of `srv.initial_cluster()`.
+fn etcdctl_restore(file: &Path, srv: &Server) {
+    let (initial, peer) = (srv.initial_cluster(), srv.peer_url());
+    ok(
+        &ctl(&[
+            "snapshot",
+            "restore",
+            s(file),
+            "--data-dir",
+            s(&srv.data_dir()),
+            "--name",
+            &srv.name,
+            "--initial-cluster",
+            &initial,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ]),
+        "etcdctl snapshot restore",
+    );
+}
+
 // ---------------------------------------------------------------------------
 // etcd's ids
 // ---------------------------------------------------------------------------
@@ -467,24 +489,8 @@ fn etcdctl_snapshot_of_cairn_restores_into_etcd() {
 
     // The real etcd on a data dir `etcdctl snapshot restore` built.
     let mut etcd = Server::unstarted(Kind::Etcd, "default");
-    let initial = etcd.initial_cluster();
     let peer = etcd.peer_url();
-    ok(
-        &ctl(&[
-            "snapshot",
-            "restore",
-            s(&file),
-            "--data-dir",
-            s(&etcd.data_dir()),
-            "--name",
-            "default",
-            "--initial-cluster",
-            &initial,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ]),
-        "etcdctl snapshot restore",
-    );
+    etcdctl_restore(&file, &etcd);
     etcd.start_on_data_dir();
     assert_restored_ttl(&etcd.endpoint(), &file, w.lease, ttl_at_save);
     let after = rt.block_on(capture(&etcd.endpoint(), w.compact_rev));
@@ -1072,23 +1078,7 @@ fn alarms_survive_backup_and_restore() {
         cairn_restore(&file, &into_cairn, None);
         into_cairn.start_on_data_dir();
         let mut into_etcd = Server::unstarted(Kind::Etcd, "e");
-        let (initial, peer) = (into_etcd.initial_cluster(), into_etcd.peer_url());
-        ok(
-            &ctl(&[
-                "snapshot",
-                "restore",
-                s(&file),
-                "--data-dir",
-                s(&into_etcd.data_dir()),
-                "--name",
-                "e",
-                "--initial-cluster",
-                &initial,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ]),
-            "etcdctl snapshot restore",
-        );
+        etcdctl_restore(&file, &into_etcd);
         into_etcd.start_on_data_dir();
         for restored in [&into_cairn, &into_etcd] {
             let what = format!(
@@ -1295,23 +1285,7 @@ fn restore_after_compacting_the_newest_tombstone() {
     cairn_restore(&file, &into_cairn, None);
     into_cairn.start_on_data_dir();
     let mut into_etcd = Server::unstarted(Kind::Etcd, "e");
-    let (initial, peer) = (into_etcd.initial_cluster(), into_etcd.peer_url());
-    ok(
-        &ctl(&[
-            "snapshot",
-            "restore",
-            s(&file),
-            "--data-dir",
-            s(&into_etcd.data_dir()),
-            "--name",
-            "e",
-            "--initial-cluster",
-            &initial,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ]),
-        "etcdctl snapshot restore",
-    );
+    etcdctl_restore(&file, &into_etcd);
     into_etcd.start_on_data_dir();
     for srv in [&into_cairn, &into_etcd] {
         rt.block_on(async {
