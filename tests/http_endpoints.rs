@@ -626,7 +626,52 @@ fn sends_to_a_dead_peer_are_counted_as_failures() {
             .member_id
     });
     let to = format!("{dead:x}");
+    // While it is up: a connection to it on both others, and traffic.
+    let peer_metric = |port: u16, name: &str, labels: &[(&str, &str)]| {
+        let samples = parse_metrics(&get(port, "/metrics").body);
+        metric(&samples, name, labels).unwrap_or(0.0)
+    };
+    let eventually = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    eventually("active peer connections to the third member", &|| {
+        ports[..2]
+            .iter()
+            .all(|p| peer_metric(*p, "etcd_network_active_peers", &[("Remote", &to)]) == 1.0)
+    });
+    let received: f64 = ports[..2]
+        .iter()
+        .map(|p| {
+            peer_metric(
+                *p,
+                "etcd_network_peer_received_bytes_total",
+                &[("From", &to)],
+            )
+        })
+        .sum();
+    let sent: f64 = ports[..2]
+        .iter()
+        .map(|p| peer_metric(*p, "etcd_network_peer_sent_bytes_total", &[("To", &to)]))
+        .sum();
+    assert!(
+        received > 0.0 && sent > 0.0,
+        "peer bytes: {received} in, {sent} out"
+    );
     members[2].kill9();
+    eventually("the connections to the dead member counted down", &|| {
+        ports[..2].iter().all(|p| {
+            peer_metric(*p, "etcd_network_active_peers", &[("Remote", &to)]) == 0.0
+                && peer_metric(
+                    *p,
+                    "etcd_network_disconnected_peers_total",
+                    &[("Remote", &to)],
+                ) >= 1.0
+        })
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let failures: f64 = ports[..2]
@@ -788,6 +833,19 @@ fn mvcc_counters_move_as_etcds() {
         .unwrap()
         .revision
     });
+    // A defragmentation is timed.
+    let defrags = |body: &str| {
+        metric(
+            &parse_metrics(body),
+            "etcd_disk_backend_defrag_duration_seconds_count",
+            &[],
+        )
+        .unwrap_or(0.0)
+    };
+    let defrags0 = defrags(&get(port, "/metrics").body);
+    let out = common::etcdctl(&server.endpoint(), &["defrag"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(defrags(&get(port, "/metrics").body) - defrags0, 1.0);
     let (ranges, txns, current, _) = read();
     assert_eq!(
         ranges - ranges0,

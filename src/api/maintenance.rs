@@ -191,9 +191,11 @@ impl Maintenance for MaintenanceService {
         check_learner(&self.member, false)?;
         check_leader(&self.member, &req)?;
         let storage = self.member.storage().clone();
+        let started = std::time::Instant::now();
         tokio::task::spawn_blocking(move || storage.compact_all())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
+        crate::metrics::hooks::defragmented(started.elapsed());
         let rev = self.member.store().current_revision();
         Ok(Response::new(DefragmentResponse {
             header: Some(self.member.header(rev)),

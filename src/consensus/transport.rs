@@ -38,6 +38,8 @@ const BATCH: usize = 256;
 /// `ActiveSince`, which its strict reconfiguration checks read).
 #[derive(Default)]
 pub struct PeerActivity {
+    /// This member (the `Local` of etcd's peer connection metrics).
+    local: u64,
     since: Mutex<HashMap<u64, Instant>>,
 }
 
@@ -52,11 +54,17 @@ impl PeerActivity {
     }
 
     fn up(&self, id: u64) {
-        self.lock().entry(id).or_insert_with(Instant::now);
+        let mut since = self.lock();
+        if !since.contains_key(&id) {
+            since.insert(id, Instant::now());
+            crate::metrics::hooks::peer_connection(self.local, id, true);
+        }
     }
 
     fn down(&self, id: u64) {
-        self.lock().remove(&id);
+        if self.lock().remove(&id).is_some() {
+            crate::metrics::hooks::peer_connection(self.local, id, false);
+        }
     }
 }
 
@@ -91,7 +99,10 @@ impl Transport {
             membership,
             storage,
             peers: HashMap::new(),
-            activity: Arc::default(),
+            activity: Arc::new(PeerActivity {
+                local: from,
+                since: Mutex::default(),
+            }),
             dialer,
             reports: None,
         }
@@ -310,6 +321,10 @@ impl PeerLink {
                         Err(_) => break,
                     }
                 }
+                crate::metrics::hooks::peer_bytes_sent(
+                    self.to,
+                    messages.iter().map(|m| m.len() as u64).sum(),
+                );
                 let batch = RaftBatch {
                     cluster_id: self.cluster_id,
                     from: self.from,

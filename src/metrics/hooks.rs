@@ -119,6 +119,42 @@ fn txn_ops(t: &TxnRequest, r: &TxnResponse) -> (u64, u64, u64) {
     counts
 }
 
+/// The raft connection to member `remote` came up, or went down.
+pub fn peer_connection(local: u64, remote: u64, up: bool) {
+    let (local, remote) = (format!("{local:x}"), format!("{remote:x}"));
+    METRICS
+        .active_peers
+        .with_label_values(&[&local, &remote])
+        .set(i64::from(up));
+    if !up {
+        METRICS
+            .disconnected_peers
+            .with_label_values(&[&local, &remote])
+            .inc();
+    }
+}
+
+/// Raft message bytes sent to member `to`.
+pub fn peer_bytes_sent(to: u64, bytes: u64) {
+    METRICS
+        .peer_sent_bytes
+        .with_label_values(&[&format!("{to:x}")])
+        .inc_by(bytes);
+}
+
+/// Raft message bytes received from member `from`.
+pub fn peer_bytes_received(from: u64, bytes: u64) {
+    METRICS
+        .peer_received_bytes
+        .with_label_values(&[&format!("{from:x}")])
+        .inc_by(bytes);
+}
+
+/// A defragmentation (a full RocksDB compaction) took `took`.
+pub fn defragmented(took: Duration) {
+    METRICS.defrag_duration.observe(took.as_secs_f64());
+}
+
 /// A raft message for member `to` was dropped because its queue was full.
 pub fn peer_message_dropped(to: u64, heartbeat: bool) {
     METRICS

@@ -110,6 +110,10 @@ impl Peer for PeerService {
         while let Some(batch) = stream.message().await? {
             self.check_cluster(batch.cluster_id, batch.from)?;
             self.check_to(batch.to)?;
+            crate::metrics::hooks::peer_bytes_received(
+                batch.from,
+                batch.messages.iter().map(|m| m.len() as u64).sum(),
+            );
             for raw in batch.messages {
                 let m = Message::parse_from_bytes(&raw)
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
