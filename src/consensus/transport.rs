@@ -54,9 +54,8 @@ impl PeerActivity {
     }
 
     fn up(&self, id: u64) {
-        let mut since = self.lock();
-        if !since.contains_key(&id) {
-            since.insert(id, Instant::now());
+        if let std::collections::hash_map::Entry::Vacant(e) = self.lock().entry(id) {
+            e.insert(Instant::now());
             crate::metrics::hooks::peer_connection(self.local, id, true);
         }
     }
