@@ -495,16 +495,19 @@ fn refused_when_corrupt(op: &Op) -> bool {
         // etcd serves a txn of ranges only (nested txns not counted as
         // such) on its read path, which no alarm stops; ours go through
         // raft, so they are let through here instead.
-        Op::Txn(t) => !t.success.iter().chain(&t.failure).all(|r| {
-            matches!(
-                r.request,
-                Some(crate::pb::etcdserverpb::request_op::Request::RequestRange(
-                    _
-                ))
-            )
-        }),
+        Op::Txn(t) => !txn_is_read_only(t),
         _ => false,
     }
+}
+
+/// etcd's `IsTxnReadonly`: only ranges in either branch (a nested txn does
+/// not count as one).
+pub fn txn_is_read_only(t: &TxnRequest) -> bool {
+    use crate::pb::etcdserverpb::request_op::Request as Req;
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|r| matches!(r.request, Some(Req::RequestRange(_))))
 }
 
 /// A revoke deletes every key of the lease in one revision (the caller then

@@ -206,7 +206,7 @@ fn zap_line(event: &Event<'_>) -> String {
     event.record(&mut fields);
     let mut out = Map::new();
     out.insert("level".into(), Value::from(level_name(*meta.level())));
-    out.insert("ts".into(), Value::from(utc_now_millis()));
+    out.insert("ts".into(), Value::from(utc_now()));
     // Raft's own logs arrive through slog, which names its source itself.
     let caller = match (&fields.slog_file, fields.slog_line) {
         (Some(file), Some(line)) => Some(format!("{}:{line}", short_path(file))),
@@ -252,7 +252,7 @@ fn short_path(path: &str) -> &str {
 
 /// The current time as etcd 3.5's zap writes it (UTC):
 /// `2026-11-25T18:11:50.710123Z`.
-fn utc_now_millis() -> String {
+fn utc_now() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -344,22 +344,7 @@ fn tls_startup_errors() {
     let kind = target();
     let pki = Pki::generate();
     let missing = pki.path("no-such.key");
-    let (client_port, peer_port) = (free_port(), free_port());
-    let mut m = TlsMember::unstarted(
-        kind,
-        "m0",
-        client_port,
-        peer_port,
-        &format!("m0=https://127.0.0.1:{peer_port}"),
-        &pki,
-        &[&format!("--key-file={}", missing.display())],
-    );
-    m.spawn();
-    let status = m
-        .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("still running with a missing key file:\n{}", m.log_tail(30)));
-    assert!(!status.success(), "{status}");
-    let log = m.log();
+    let log = startup_failure_log(kind, &pki, &format!("--key-file={}", missing.display()));
     // Go's text for the OS error, as etcd prints it.
     assert!(
         log.contains(&format!(
@@ -368,26 +353,10 @@ fn tls_startup_errors() {
         )),
         "{log}"
     );
-    assert!(!log.contains("panicked"), "{log}");
 
     // A key that is not the certificate's.
-    let (client_port, peer_port) = (free_port(), free_port());
     let wrong_key = pki.path("peer.key");
-    let mut m = TlsMember::unstarted(
-        kind,
-        "m0",
-        client_port,
-        peer_port,
-        &format!("m0=https://127.0.0.1:{peer_port}"),
-        &pki,
-        &[&format!("--key-file={}", wrong_key.display())],
-    );
-    m.spawn();
-    let status = m
-        .wait_exit(Duration::from_secs(20))
-        .unwrap_or_else(|| panic!("still running with a mismatched key:\n{}", m.log_tail(30)));
-    assert!(!status.success(), "{status}");
-    let log = m.log();
+    let log = startup_failure_log(kind, &pki, &format!("--key-file={}", wrong_key.display()));
     assert!(
         log.contains("tls: private key does not match public key"),
         "{log}"
@@ -523,6 +492,29 @@ fn peer_port_checks_the_allowed_cn() {
         Some(&healthcheck),
         &["endpoint", "health"],
     ));
+}
+
+/// Starts a member with kubeadm's TLS flags and `flag`, which must make it
+/// fail to start: checks it exits non-zero without a panic; its log.
+fn startup_failure_log(kind: Kind, pki: &Pki, flag: &str) -> String {
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut m = TlsMember::unstarted(
+        kind,
+        "m0",
+        client_port,
+        peer_port,
+        &format!("m0=https://127.0.0.1:{peer_port}"),
+        pki,
+        &[flag],
+    );
+    m.spawn();
+    let status = m
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("still running with {flag}:\n{}", m.log_tail(30)));
+    assert!(!status.success(), "{flag}: {status}");
+    let log = m.log();
+    assert!(!log.contains("panicked"), "{log}");
+    log
 }
 
 /// `--auto-tls --peer-auto-tls`: each member makes a self-signed

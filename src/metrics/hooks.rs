@@ -54,7 +54,7 @@ pub fn write_applied(op: &ApplyOp, resp: &Response, events: &[Event]) {
             0,
         ),
         (ApplyOp::DeleteRange(d), Response::DeleteRange(_)) => (u64::from(d.prev_kv), 0, 1),
-        (ApplyOp::Txn(t), Response::Txn(r)) if !read_only(t) => {
+        (ApplyOp::Txn(t), Response::Txn(r)) if !crate::apply::txn_is_read_only(t) => {
             // etcd evaluates a writing txn's compares in a read txn of
             // their own, then runs the branch in a write txn: two counts.
             let (ranges, puts, deletes) = txn_ops(t, r);
@@ -75,16 +75,6 @@ pub fn write_applied(op: &ApplyOp, resp: &Response, events: &[Event]) {
     if ranges + puts + deletes > 1 {
         METRICS.txn_total.inc();
     }
-}
-
-/// etcd's `IsTxnReadonly`: only ranges in either branch (a nested txn
-/// does not count as one).
-fn read_only(t: &TxnRequest) -> bool {
-    use crate::pb::etcdserverpb::request_op::Request as Req;
-    t.success
-        .iter()
-        .chain(&t.failure)
-        .all(|r| matches!(r.request, Some(Req::RequestRange(_))))
 }
 
 /// A range served outside the apply step (a Range call).
